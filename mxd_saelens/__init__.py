@@ -1,0 +1,55 @@
+"""mxd-saelens: Mixture of Decoders and transcoders as SAELens architectures.
+
+Importing the package registers ``mxd``, ``topk_transcoder`` and ``topk_skip_transcoder``
+(inference and training) and training classes for SAELens's ``transcoder`` and
+``skip_transcoder`` in SAELens's registries.
+"""
+
+from mxd_saelens.params import matched_n_experts, parameter_count, transcoder_parameter_count
+from mxd_saelens.registration import register_architectures
+from mxd_saelens.saes import (
+    MxD,
+    MxDConfig,
+    MxDTrainingSAE,
+    MxDTrainingSAEConfig,
+    SkipTranscoderTrainingSAE,
+    SkipTranscoderTrainingSAEConfig,
+    TopKSkipTranscoder,
+    TopKSkipTranscoderConfig,
+    TopKSkipTranscoderTrainingSAE,
+    TopKSkipTranscoderTrainingSAEConfig,
+    TopKTranscoder,
+    TopKTranscoderConfig,
+    TopKTranscoderTrainingSAE,
+    TopKTranscoderTrainingSAEConfig,
+    TranscoderTrainingSAE,
+    TranscoderTrainingSAEConfig,
+)
+
+register_architectures()
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MxD",
+    "MxDConfig",
+    "MxDTrainingSAE",
+    "MxDTrainingSAEConfig",
+    "SkipTranscoderTrainingSAE",
+    "SkipTranscoderTrainingSAEConfig",
+    "TopKSkipTranscoder",
+    "TopKSkipTranscoderConfig",
+    "TopKSkipTranscoderTrainingSAE",
+    "TopKSkipTranscoderTrainingSAEConfig",
+    "TopKTranscoder",
+    "TopKTranscoderConfig",
+    "TopKTranscoderTrainingSAE",
+    "TopKTranscoderTrainingSAEConfig",
+    "TranscoderTrainingSAE",
+    "TranscoderTrainingSAEConfig",
+    "__version__",
+    "matched_n_experts",
+    "parameter_count",
+    "register_architectures",
+    "transcoder_parameter_count",
+]

@@ -1,0 +1,195 @@
+"""Paired (MLP input, MLP output) activations on SAELens's ``ActivationsStore``.
+
+One model forward per batch, stopped after block L, captures both hooks; each token becomes a
+packed row ``[x ‖ y]`` so that shuffling can never separate an input from its target. All of
+SAELens's store options (context size, prompts per batch, BOS handling, special-token
+exclusion, sequence slicing, dtypes, devices, raw or pretokenized datasets) apply unchanged.
+
+The shuffle buffer is this module's own so that its contents and random state go into
+checkpoints: a resumed run sees exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from sae_lens.config import LanguageModelSAERunnerConfig
+from sae_lens.training.activations_store import ActivationsStore, _get_input_token_device
+from transformer_lens.hook_points import HookedRootModule
+
+from mxd_saelens.hooks import MLPHooks
+
+PAIRED_STATE_FILENAME = "paired_activations_state.safetensors"
+
+
+class ShuffleBuffer:
+    """SAELens's mixing buffer (fill, shuffle, serve all but a kept fraction), with its state
+    held in tensors so it can be saved and restored."""
+
+    def __init__(
+        self,
+        refill: Callable[[], torch.Tensor],
+        buffer_rows: int,
+        batch_rows: int,
+        mix_fraction: float,
+        seed: int,
+    ):
+        if not 0 <= mix_fraction <= 1:
+            raise ValueError(f"activations_mixing_fraction must be in [0, 1], got {mix_fraction}.")
+        self.refill = refill
+        self.buffer_rows = max(buffer_rows, batch_rows)
+        self.batch_rows = batch_rows
+        self.mix_fraction = mix_fraction
+        self.generator = torch.Generator().manual_seed(seed)
+        self.storage: torch.Tensor | None = None
+        self.serving: torch.Tensor | None = None
+
+    def __iter__(self) -> ShuffleBuffer:
+        return self
+
+    @torch.no_grad()
+    def __next__(self) -> torch.Tensor:
+        if self.serving is None or self.serving.shape[0] < self.batch_rows:
+            self._serve_more()
+        assert self.serving is not None
+        batch, self.serving = self.serving[: self.batch_rows], self.serving[self.batch_rows :]
+        return batch
+
+    def _serve_more(self) -> None:
+        storage = self.storage
+        while storage is None or storage.shape[0] < self.buffer_rows:
+            new = self.refill()
+            storage = new if storage is None else torch.cat([storage, new])
+        if self.mix_fraction > 0:
+            order = torch.randperm(storage.shape[0], generator=self.generator)
+            storage = storage[order.to(storage.device)]
+        keep = int(self.buffer_rows * self.mix_fraction)
+        n_serve = max(1, (storage.shape[0] - keep) // self.batch_rows) * self.batch_rows
+        self.serving, self.storage = storage[:n_serve], storage[n_serve:]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {"generator": self.generator.get_state()}
+        if self.storage is not None:
+            state["storage"] = self.storage.contiguous()
+        if self.serving is not None:
+            state["serving"] = self.serving.contiguous()
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+        self.storage = state.get("storage")
+        self.serving = state.get("serving")
+
+
+class PairedActivationsStore(ActivationsStore):
+    """An ``ActivationsStore`` whose rows are ``[mlp_in ‖ mlp_out]`` of the same token."""
+
+    hooks: MLPHooks
+    n_sequences_served: int
+    shuffle_seed: int
+    _buffer: ShuffleBuffer | None
+
+    @classmethod
+    def from_runner_config(
+        cls,
+        model: HookedRootModule,
+        cfg: LanguageModelSAERunnerConfig[Any],
+        hooks: MLPHooks,
+        override_dataset: Any = None,
+    ) -> PairedActivationsStore:
+        if cfg.use_cached_activations:
+            raise ValueError(
+                "cached activations hold a single hook; paired training needs the MLP's input "
+                "and output from the same forward. Set use_cached_activations=False."
+            )
+        store = cls.from_config(model, cfg, override_dataset=override_dataset)
+        assert isinstance(store, PairedActivationsStore)
+        store.hooks = hooks
+        store.hook_name = hooks.hook_in
+        store.d_in = hooks.d_in + hooks.d_out  # the packed width, used to reshape batches
+        store.n_sequences_served = 0
+        store.shuffle_seed = cfg.seed
+        store._buffer = None
+        return store
+
+    @torch.no_grad()
+    def get_paired_activations(self, batch_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mlp_in, mlp_out) for every token: ``[batch, context, d_in]`` and ``[…, d_out]``."""
+        with torch.autocast(
+            device_type=_get_input_token_device(self.model).type,
+            dtype=torch.bfloat16,
+            enabled=self.autocast_lm,
+        ):
+            _, cache = self.model.run_with_cache(
+                batch_tokens,
+                names_filter=[self.hooks.hook_in, self.hooks.hook_out],
+                stop_at_layer=self.hooks.layer + 1,
+                prepend_bos=False,
+                **self.model_kwargs,
+            )
+        sliced = slice(*self.seqpos_slice)
+        return cache[self.hooks.hook_in][:, sliced], cache[self.hooks.hook_out][:, sliced]
+
+    @torch.no_grad()
+    def get_activations(self, batch_tokens: torch.Tensor) -> torch.Tensor:
+        x, y = self.get_paired_activations(batch_tokens)
+        return torch.cat([x, y], dim=-1).to(self.device, self.dtype)
+
+    def get_batch_tokens(
+        self,
+        batch_size: int | None = None,
+        raise_at_epoch_end: bool = False,
+        move_to_model_device: bool = True,
+    ) -> torch.Tensor:
+        tokens = super().get_batch_tokens(batch_size, raise_at_epoch_end, move_to_model_device)
+        self.n_sequences_served += tokens.shape[0]
+        return tokens
+
+    def get_data_loader(self) -> ShuffleBuffer:  # type: ignore[override]
+        activations = self._iterate_filtered_activations()
+        self._buffer = ShuffleBuffer(
+            refill=lambda: next(activations),
+            buffer_rows=self.n_batches_in_buffer * self.training_context_size,
+            batch_rows=self.train_batch_size_tokens,
+            mix_fraction=self.activations_mixing_fraction,
+            seed=self.shuffle_seed,
+        )
+        return self._buffer
+
+    # --- checkpoints: the token position and the shuffle buffer ------------------------------
+
+    def save_to_checkpoint(self, checkpoint_path: str | Path) -> None:
+        super().save_to_checkpoint(checkpoint_path)
+        state = {"n_sequences_served": torch.tensor(self.n_sequences_served)}
+        if self._buffer is not None:
+            state.update({f"buffer.{k}": v for k, v in self._buffer.state_dict().items()})
+        save_file(state, str(Path(checkpoint_path) / PAIRED_STATE_FILENAME))
+
+    def load_from_checkpoint(self, checkpoint_path: str | Path) -> None:
+        path = Path(checkpoint_path) / PAIRED_STATE_FILENAME
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} is missing: the checkpoint was not written by mxd_saelens's runner, or "
+                "was only partly copied."
+            )
+        state = load_file(str(path))
+        self._skip_sequences(int(state["n_sequences_served"].item()))
+        buffer_state = {k.removeprefix("buffer."): v for k, v in state.items() if k.startswith("buffer.")}
+        if buffer_state:
+            loader = self.get_data_loader()
+            loader.load_state_dict(buffer_state)
+            self._dataloader = loader
+
+    def _skip_sequences(self, n_sequences: int) -> None:
+        """Advance the token stream by exactly as many sequences as the saved run had used."""
+        while self.n_sequences_served < n_sequences:
+            try:
+                next(self.iterable_sequences)
+            except StopIteration:
+                self.iterable_sequences = self._iterate_tokenized_sequences()
+                next(self.iterable_sequences)
+            self.n_sequences_served += 1

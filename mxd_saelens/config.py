@@ -1,0 +1,72 @@
+"""A flat, SAELens-5-style constructor for the runner config.
+
+``runner_config(architecture="mxd", model_name="gpt2", hook_name=..., k=32, lr=1e-4, ...)``
+sorts each keyword into the layer's config, the runner's config or its logging config and
+returns the same ``LanguageModelSAERunnerConfig`` one would build by hand. Unknown fields are
+rejected by name, with the closest valid names.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import fields
+from typing import Any
+
+from sae_lens.config import LanguageModelSAERunnerConfig, LoggingConfig
+from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+
+# fields that both the runner and the layer have: the value goes to both
+_SHARED = {"dtype", "device"}
+_EXTRA = {"layer", "hook_name_out"}
+
+
+def training_config_class(architecture: str) -> type:
+    if architecture not in SAE_TRAINING_CLASS_REGISTRY:
+        raise ValueError(
+            f"unknown architecture {architecture!r}; registered: "
+            f"{', '.join(sorted(SAE_TRAINING_CLASS_REGISTRY))}."
+        )
+    return SAE_TRAINING_CLASS_REGISTRY[architecture][1]
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in fields(cls) if f.init}
+
+
+def runner_config(architecture: str, **values: Any) -> LanguageModelSAERunnerConfig[Any]:
+    """Build a ``LanguageModelSAERunnerConfig`` from one flat set of keywords.
+
+    ``layer=L`` fills ``hook_name`` with ``blocks.L.ln2.hook_normalized`` (the MLP's input in
+    LayerNorm and RMSNorm models) when no hook name is given; ``hook_name_out`` records the
+    target hook in the layer's metadata (default ``blocks.L.hook_mlp_out``).
+    """
+    sae_cls = training_config_class(architecture)
+    sae_names = _field_names(sae_cls) - {"metadata"}
+    runner_names = _field_names(LanguageModelSAERunnerConfig) - {"sae", "logger"}
+    logger_names = _field_names(LoggingConfig)
+    known = sae_names | runner_names | logger_names | _EXTRA
+    unknown = sorted(set(values) - known)
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, sorted(known), n=3)
+            hints.append(f"{name!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        raise ValueError(
+            f"unknown field(s) for architecture {architecture!r}: {'; '.join(hints)}."
+        )
+
+    layer = values.pop("layer", None)
+    hook_name_out = values.pop("hook_name_out", None)
+    if layer is not None:
+        values.setdefault("hook_name", f"blocks.{layer}.ln2.hook_normalized")
+        hook_name_out = hook_name_out or f"blocks.{layer}.hook_mlp_out"
+
+    sae_values = {k: v for k, v in values.items() if k in sae_names}
+    runner_values = {k: v for k, v in values.items() if k in runner_names and (k not in sae_names or k in _SHARED)}
+    logger_values = {k: v for k, v in values.items() if k in logger_names and k not in runner_values}
+    sae_cfg = sae_cls(**sae_values)
+    if hook_name_out is not None:
+        sae_cfg.metadata.hook_name_out = hook_name_out
+    return LanguageModelSAERunnerConfig(
+        sae=sae_cfg, logger=LoggingConfig(**logger_values), **runner_values
+    )

@@ -1,0 +1,132 @@
+"""Where an MLP's input and output live in a TransformerLens model.
+
+``mlp_in`` is what the MLP's weights see: ``blocks.L.ln2.hook_normalized`` for LayerNorm and
+RMSNorm models (``blocks.L.hook_resid_mid`` when the block has no normalisation); ``mlp_out``
+is ``blocks.L.hook_mlp_out``. Explicit hook names override both.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from transformer_lens.hook_points import HookedRootModule
+
+_LAYER_PATTERN = re.compile(r"^blocks\.(\d+)\.")
+
+# the MxD's hidden activation for each TransformerLens act_fn
+_ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+}
+
+
+@dataclass(frozen=True)
+class MLPHooks:
+    """The two hook points of block ``layer``'s MLP and their widths."""
+
+    layer: int
+    hook_in: str
+    hook_out: str
+    d_in: int
+    d_out: int
+
+
+def layer_of(hook_name: str) -> int | None:
+    """The block index in a ``blocks.L.…`` hook name."""
+    match = _LAYER_PATTERN.match(hook_name)
+    return int(match.group(1)) if match else None
+
+
+def default_mlp_in(model: HookedRootModule, layer: int) -> str:
+    normalized = f"blocks.{layer}.ln2.hook_normalized"
+    return normalized if normalized in model.hook_dict else f"blocks.{layer}.hook_resid_mid"
+
+
+def _check_hook(model: HookedRootModule, hook_name: str, role: str) -> None:
+    if hook_name in model.hook_dict:
+        return
+    close = difflib.get_close_matches(hook_name, list(model.hook_dict), n=5, cutoff=0.6)
+    layer = layer_of(hook_name)
+    same_block = [n for n in model.hook_dict if layer is not None and n.startswith(f"blocks.{layer}.")]
+    suggestions = close or same_block[:12] or list(model.hook_dict)[:12]
+    raise ValueError(
+        f"{role} hook {hook_name!r} is not a hook point of this model. "
+        f"Did you mean one of: {', '.join(suggestions)}? "
+        "(model.hook_dict lists every valid name.)"
+    )
+
+
+def _check_layer(model: HookedRootModule, layer: int) -> None:
+    n_layers = getattr(model.cfg, "n_layers", None)  # type: ignore[attr-defined]
+    if n_layers is not None and not 0 <= layer < n_layers:
+        raise ValueError(
+            f"layer {layer} is out of range: this model has {n_layers} blocks, numbered "
+            f"0 to {n_layers - 1}."
+        )
+
+
+def hook_width(model: HookedRootModule, hook_name: str) -> int:
+    """The feature width of a residual-stream-shaped or MLP-hidden hook, without running the
+    model."""
+    cfg: Any = model.cfg  # type: ignore[attr-defined]
+    if hook_name.endswith(("mlp.hook_pre", "mlp.hook_post", "mlp.hook_pre_linear")):
+        return int(cfg.d_mlp)
+    if hook_name.endswith(("attn.hook_z", "attn.hook_q", "attn.hook_k", "attn.hook_v")):
+        return int(cfg.n_heads * cfg.d_head)
+    return int(cfg.d_model)
+
+
+def resolve_mlp_hooks(
+    model: HookedRootModule,
+    layer: int | None = None,
+    hook_in: str | None = None,
+    hook_out: str | None = None,
+) -> MLPHooks:
+    """Resolve (and check) the MLP hooks of ``layer``; explicit names win.
+
+    Fails before the model runs, naming the valid choices, when a layer is out of range or a
+    hook name is not one of the model's hook points.
+    """
+    if layer is None:
+        named = hook_in or hook_out
+        layer = layer_of(named) if named else None
+        if layer is None:
+            raise ValueError(
+                "give the MLP's layer, or hook names of the form 'blocks.L.…' to read it from."
+            )
+    _check_layer(model, layer)
+    hook_in = hook_in or default_mlp_in(model, layer)
+    hook_out = hook_out or f"blocks.{layer}.hook_mlp_out"
+    _check_hook(model, hook_in, "input")
+    _check_hook(model, hook_out, "output")
+    return MLPHooks(
+        layer=layer,
+        hook_in=hook_in,
+        hook_out=hook_out,
+        d_in=hook_width(model, hook_in),
+        d_out=hook_width(model, hook_out),
+    )
+
+
+def mlp_shape(model: HookedRootModule) -> dict[str, Any]:
+    """The MxD fields that mirror the model's MLP: hidden width, activation and gating."""
+    cfg: Any = model.cfg  # type: ignore[attr-defined]
+    act_fn = str(cfg.act_fn)
+    if act_fn not in _ACTIVATIONS:
+        raise ValueError(
+            f"the model's MLP activation {act_fn!r} has no MxD counterpart; pass activation= "
+            f"one of {sorted(set(_ACTIVATIONS.values()))} explicitly."
+        )
+    return {
+        "d_hidden": int(cfg.d_mlp),
+        "activation": _ACTIVATIONS[act_fn],
+        "glu": bool(getattr(cfg, "gated_mlp", False)),
+    }

@@ -1,0 +1,161 @@
+"""The fast path shared by MxD and TopK transcoders: top-k selection with a sparse backward,
+and a sparse decode over the k selected rows.
+
+A TopK layer computes ``pre = x @ W + b`` densely (the selection needs every unit), but only
+k units per token survive. The plain autograd graph would still backpropagate through the full
+``[tokens, n_units]`` matrix. Here the backward touches only the k selected columns of ``W``,
+and the decode gathers k rows of the decoder instead of multiplying a dense, mostly-zero
+coefficient matrix. ``dense_topk`` / ``dense_decode`` are the plain formulations that the tests
+hold these equal to.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class TopKCodes(NamedTuple):
+    """The k selected units of each token: ``values[..., j]`` is the code of unit ``indices[..., j]``."""
+
+    values: Tensor  # [..., k], ReLU'd
+    indices: Tensor  # [..., k], int64
+
+
+def _flatten_rows(t: Tensor) -> Tensor:
+    return t.reshape(-1, t.shape[-1])
+
+
+class _SelectedPreactivations(torch.autograd.Function):
+    """``x @ W[:, idx] + b[idx]`` for the selected units only, given their precomputed values.
+
+    The forward reuses values already gathered from the dense pre-activations; the backward
+    scatters the gradient into the selected columns of W through a sparse ``[units, tokens]``
+    matrix, so it costs ``tokens·k·d_in`` rather than ``tokens·n_units·d_in``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Tensor,  # [B, d_in]
+        weight: Tensor,  # [d_in, n_units]
+        bias: Tensor,  # [n_units]
+        indices: Tensor,  # [B, k]
+        selected: Tensor,  # [B, k], equal to (x @ weight + bias).gather(-1, indices)
+    ) -> Tensor:
+        ctx.save_for_backward(x, weight, indices)
+        return selected
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        x, weight, indices = ctx.saved_tensors  # type: ignore[attr-defined]
+        n_units = weight.shape[1]
+        flat_idx = indices.reshape(-1)
+        flat_grad = grad.reshape(-1).to(weight.dtype)
+        grad_x = grad_weight = grad_bias = None
+        needs = ctx.needs_input_grad  # type: ignore[attr-defined]
+        if needs[1]:
+            grad_weight = _scatter_outer(flat_idx, flat_grad, x, n_units, indices.shape[1]).T
+        if needs[2]:
+            grad_bias = torch.zeros(n_units, dtype=weight.dtype, device=weight.device)
+            grad_bias.index_add_(0, flat_idx, flat_grad)
+        if needs[0]:
+            grad_x = F.embedding_bag(
+                indices, weight.T.contiguous(), per_sample_weights=grad.to(weight.dtype), mode="sum"
+            ).to(x.dtype)
+        return grad_x, grad_weight, grad_bias, None, None
+
+
+def _scatter_outer(flat_idx: Tensor, flat_grad: Tensor, x: Tensor, n_units: int, k: int) -> Tensor:
+    """``Σ_{(b,j)} grad[b,j] · x[b]`` accumulated into row ``idx[b,j]`` of an ``[n_units, d_in]``
+    matrix, as one CSR sparse-dense product (rows of the CSR matrix are units)."""
+    order = torch.argsort(flat_idx, stable=True)
+    token_of_entry = torch.div(order, k, rounding_mode="floor")
+    counts = torch.bincount(flat_idx, minlength=n_units)
+    crow = torch.zeros(n_units + 1, dtype=torch.int64, device=x.device)
+    torch.cumsum(counts, 0, out=crow[1:])
+    if flat_grad.dtype in (torch.float32, torch.float64):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            sparse = torch.sparse_csr_tensor(
+                crow, token_of_entry, flat_grad[order], size=(n_units, x.shape[0])
+            )
+        return (sparse @ x.to(flat_grad.dtype)).to(flat_grad.dtype)
+    # half precision: sparse CSR products are not implemented for every backend, index_add is
+    out = torch.zeros(n_units, x.shape[1], dtype=flat_grad.dtype, device=x.device)
+    out.index_add_(0, flat_idx, flat_grad[:, None] * x.repeat_interleave(k, dim=0))
+    return out
+
+
+def sparse_topk(x: Tensor, weight: Tensor, bias: Tensor, k: int) -> tuple[TopKCodes, Tensor]:
+    """Top-k ReLU codes of ``x @ weight + bias`` with a backward over the selected units only.
+
+    Returns the codes and the dense pre-activations (detached; used only for selection, logging
+    and the hook point). Works on any leading shape.
+    """
+    lead = x.shape[:-1]
+    x2 = _flatten_rows(x)
+    with torch.no_grad():
+        pre = torch.addmm(bias, x2, weight)
+        selected, indices = pre.topk(k, dim=-1, sorted=False)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad):
+        selected = _SelectedPreactivations.apply(x2, weight, bias, indices, selected)
+    values = selected.relu()
+    return (
+        TopKCodes(values.reshape(*lead, k), indices.reshape(*lead, k)),
+        pre.reshape(*lead, -1),
+    )
+
+
+def dense_topk(x: Tensor, weight: Tensor, bias: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The plain formulation: dense pre-activations, top-k scattered into a dense code tensor."""
+    pre = x @ weight + bias
+    codes = pre.relu()
+    top = codes.topk(k, dim=-1, sorted=False)
+    return torch.zeros_like(codes).scatter(-1, top.indices, top.values), pre
+
+
+def sparse_decode(codes: TopKCodes, decoder: Tensor) -> Tensor:
+    """``Σ_j values[..., j] · decoder[indices[..., j]]``: a gather of k decoder rows per token."""
+    lead = codes.values.shape[:-1]
+    k = codes.values.shape[-1]
+    out = F.embedding_bag(
+        codes.indices.reshape(-1, k),
+        decoder,
+        per_sample_weights=codes.values.reshape(-1, k).to(decoder.dtype),
+        mode="sum",
+    )
+    return out.reshape(*lead, decoder.shape[-1])
+
+
+def dense_decode(dense_codes: Tensor, decoder: Tensor) -> Tensor:
+    """The plain formulation: a dense ``codes @ decoder`` over every unit."""
+    return dense_codes.to(decoder.dtype) @ decoder
+
+
+@torch.no_grad()
+def sparse_code_matrix(codes: TopKCodes, n_units: int) -> Tensor:
+    """The codes as a detached ``[tokens, n_units]`` sparse COO tensor: what SAELens's trainer
+    needs for its firing statistics, without writing a dense tokens × units matrix."""
+    values = codes.values.reshape(-1, codes.values.shape[-1])
+    indices = codes.indices.reshape(-1, codes.indices.shape[-1])
+    rows = torch.arange(values.shape[0], device=values.device).repeat_interleave(values.shape[1])
+    return torch.sparse_coo_tensor(
+        torch.stack([rows, indices.reshape(-1)]),
+        values.reshape(-1),
+        size=(values.shape[0], n_units),
+        check_invariants=False,
+    )
+
+
+def densify(codes: TopKCodes, n_units: int) -> Tensor:
+    """Scatter top-k codes into a dense ``[..., n_units]`` tensor (differentiable in the values)."""
+    shape = (*codes.values.shape[:-1], n_units)
+    dense = codes.values.new_zeros(shape)
+    return dense.scatter(-1, codes.indices, codes.values)

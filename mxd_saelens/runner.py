@@ -1,0 +1,250 @@
+"""Training on a TransformerLens model's MLP through SAELens's runner and trainer.
+
+``PairedTrainingRunner(cfg).run()`` takes the same ``LanguageModelSAERunnerConfig`` a SAELens
+user already writes; ``cfg.hook_name`` is the MLP's input hook and the output hook is block L's
+``hook_mlp_out`` unless ``hook_name_out`` (or ``cfg.sae.metadata.hook_name_out``) says
+otherwise. What differs from SAELens's runner: a paired activation store, the output bias
+started at the mean target, splicing metrics on eval steps (SAELens's own eval reconstructs
+the input hook, which is wrong for a layer that predicts another hook), exact resumption, and
+Ctrl-C saving a checkpoint at a step boundary.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import wandb
+from sae_lens import logger
+from sae_lens.config import LanguageModelSAERunnerConfig
+from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
+from sae_lens.load_model import load_model
+from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
+from sae_lens.training.activation_scaler import ActivationScaler
+from sae_lens.training.activations_store import ActivationsStore
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookedRootModule
+
+from mxd_saelens.activations import PairedActivationsStore
+from mxd_saelens.evaluation import evaluate_splice, flatten_metrics
+from mxd_saelens.hooks import MLPHooks, resolve_mlp_hooks
+from mxd_saelens.splice import SplicedLayer
+from mxd_saelens.trainer import PairedSAETrainer
+
+SUPPORTED_NORMALIZATIONS = ("none", "expected_average_only_in")
+
+
+class ScaledLayer(nn.Module):
+    """A layer trained on activations scaled by s, seen from raw activations: y = f(s·x)/s."""
+
+    def __init__(self, layer: nn.Module, scale: float):
+        super().__init__()
+        self.layer = layer
+        self.scale = scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(x * self.scale) / self.scale
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.layer.encode(x * self.scale)  # type: ignore[operator]
+
+
+@dataclass
+class SpliceEvaluator:
+    """Evaluates the layer spliced into the model on a fixed set of token sequences."""
+
+    model: HookedRootModule
+    hooks: MLPHooks
+    tokens: Tensor
+    batch_size: int
+
+    @torch.no_grad()
+    def __call__(
+        self, sae: TrainingSAE[Any], data_provider: Any, activation_scaler: ActivationScaler
+    ) -> dict[str, Any]:
+        layer: nn.Module = sae
+        if activation_scaler.scaling_factor is not None:
+            layer = ScaledLayer(sae, activation_scaler.scaling_factor)
+        metrics = evaluate_splice(
+            self.model, SplicedLayer(layer, self.hooks), self.tokens, batch_size=self.batch_size
+        )
+        return flatten_metrics(metrics)
+
+
+def check_runner_config(cfg: LanguageModelSAERunnerConfig[Any]) -> None:
+    """Reject the SAELens options that paired training cannot honour, saying why."""
+    norm = cfg.sae.normalize_activations
+    if norm not in SUPPORTED_NORMALIZATIONS:
+        raise ValueError(
+            f"normalize_activations={norm!r} is not supported for MLP replacement: it would "
+            "normalise the input and the target with the input's statistics. Use one of "
+            f"{SUPPORTED_NORMALIZATIONS} (the scale is applied to both and folded into the "
+            "saved layer)."
+        )
+    if cfg.prefetch_llm_batches:
+        raise ValueError(
+            "prefetch_llm_batches is not supported by PairedTrainingRunner (a background "
+            "producer would make resumption inexact); set it to False."
+        )
+    if cfg.hook_head_index is not None:
+        raise ValueError("hook_head_index does not apply to MLP hooks; leave it as None.")
+
+
+def _check_widths(sae_cfg: TrainingSAEConfig, hooks: MLPHooks) -> None:
+    d_out = getattr(sae_cfg, "d_out", sae_cfg.d_in)
+    if sae_cfg.d_in != hooks.d_in or d_out != hooks.d_out:
+        raise ValueError(
+            f"the layer maps d_in={sae_cfg.d_in} → d_out={d_out}, but {hooks.hook_in} has width "
+            f"{hooks.d_in} and {hooks.hook_out} has width {hooks.d_out}: set d_in={hooks.d_in} "
+            f"and d_out={hooks.d_out}."
+        )
+
+
+class PairedTrainingRunner(LanguageModelSAETrainingRunner):
+    """SAELens's language-model runner for layers that replace an MLP."""
+
+    activations_store: PairedActivationsStore
+    hooks: MLPHooks
+
+    def __init__(
+        self,
+        cfg: LanguageModelSAERunnerConfig[Any],
+        override_dataset: Any = None,
+        override_model: HookedRootModule | None = None,
+        override_sae: TrainingSAE[Any] | None = None,
+        hook_name_out: str | None = None,
+    ):
+        check_runner_config(cfg)
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        if override_model is not None:
+            self.model = override_model
+        else:
+            self.model = load_model(
+                cfg.model_class_name,
+                cfg.model_name,
+                device=cfg.llm_device,  # type: ignore[arg-type]
+                model_from_pretrained_kwargs=cfg.model_from_pretrained_kwargs,
+            )
+        self.hooks = resolve_mlp_hooks(
+            self.model,
+            hook_in=cfg.hook_name,
+            hook_out=hook_name_out or cfg.sae.metadata.hook_name_out,
+        )
+        _check_widths(cfg.sae, self.hooks)
+        self._compile_llm_if_needed()
+        self.activations_store = PairedActivationsStore.from_runner_config(
+            self.model, cfg, self.hooks, override_dataset=override_dataset
+        )
+        if override_sae is not None:
+            self.sae = override_sae
+        elif cfg.from_pretrained_path is not None:
+            self.sae = TrainingSAE.load_from_disk(cfg.from_pretrained_path, cfg.device)
+        else:
+            sae_cfg = TrainingSAEConfig.from_dict(cfg.get_training_sae_cfg_dict())
+            self.sae = TrainingSAE.from_dict(sae_cfg.to_dict())
+        self.sae.to(cfg.device)
+        self.evaluator = SpliceEvaluator(  # type: ignore[assignment]
+            model=self.model,
+            hooks=self.hooks,
+            tokens=self._evaluation_tokens(override_dataset),
+            batch_size=cfg.eval_batch_size_prompts or cfg.store_batch_size_prompts,
+        )
+
+    def _evaluation_tokens(self, override_dataset: Any) -> Tensor:
+        """A fixed set of sequences for eval steps, read by a store of its own so that
+        evaluating never moves the training stream."""
+        store = ActivationsStore.from_config(self.model, self.cfg, override_dataset=override_dataset)
+        batch = self.cfg.eval_batch_size_prompts or self.cfg.store_batch_size_prompts
+        return torch.cat([store.get_batch_tokens(batch) for _ in range(self.cfg.n_eval_batches)])
+
+    def _set_sae_metadata(self) -> None:
+        super()._set_sae_metadata()
+        self.sae.cfg.metadata.hook_name_out = self.hooks.hook_out
+
+    @torch.no_grad()
+    def _initialize_from_data(self, trainer: PairedSAETrainer) -> None:
+        """Activation scale (if enabled) and the output bias at the mean target, before step 0."""
+        store = self.activations_store
+        if self.sae.cfg.normalize_activations == "expected_average_only_in":
+            trainer.activation_scaler.estimate_scaling_factor(
+                d_in=store.d_in,
+                data_provider=store,
+                n_batches_for_norm_estimate=self.cfg.n_batches_for_norm_estimate,
+            )
+        initialize = getattr(self.sae, "initialize_output_bias", None)
+        if initialize is None:
+            return
+        n_batches = max(1, min(8, self.cfg.n_batches_for_norm_estimate))
+        total = torch.zeros(self.hooks.d_out, dtype=torch.float64)
+        count = 0
+        for _ in range(n_batches):
+            targets = trainer.activation_scaler(next(store))[:, self.hooks.d_in :]
+            total += targets.double().sum(0).cpu()
+            count += targets.shape[0]
+        initialize((total / count).float())
+
+    def run(self) -> TrainingSAE[Any]:
+        self._set_sae_metadata()
+        if self.cfg.logger.log_to_wandb:
+            wandb.init(
+                project=self.cfg.logger.wandb_project,
+                entity=self.cfg.logger.wandb_entity,
+                config=self.cfg.to_dict(),
+                name=self.cfg.logger.run_name,
+                id=self.cfg.logger.wandb_id,
+            )
+        trainer = PairedSAETrainer(
+            cfg=self.cfg.to_sae_trainer_config(),
+            sae=self.sae,
+            data_provider=self.activations_store,
+            evaluator=self.evaluator,  # type: ignore[arg-type]
+            save_checkpoint_fn=self.save_checkpoint,
+        )
+        if self.cfg.resume_from_checkpoint is not None:
+            logger.info(f"Resuming from checkpoint: {self.cfg.resume_from_checkpoint}")
+            trainer.load_trainer_state(self.cfg.resume_from_checkpoint)
+            self.sae.load_weights_from_checkpoint(self.cfg.resume_from_checkpoint)
+            self.activations_store.load_from_checkpoint(self.cfg.resume_from_checkpoint)
+        else:
+            self._initialize_from_data(trainer)
+        self._compile_sae_if_needed()
+        try:
+            with _stop_on_signals(trainer):
+                sae = trainer.fit()
+        finally:
+            if self.cfg.logger.log_to_wandb:
+                wandb.finish()
+        if self.cfg.output_path is not None:
+            self.save_final_sae(sae, self.cfg.output_path, trainer.log_feature_sparsity)
+        return sae
+
+
+@contextmanager
+def _stop_on_signals(trainer: PairedSAETrainer) -> Iterator[None]:
+    """First Ctrl-C / SIGTERM: finish the step, save a checkpoint, stop. Second: stop now."""
+
+    def request_stop(signum: int, frame: Any) -> None:
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        logger.warning("stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
+        trainer.stop_requested = True
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    installed = False
+    try:
+        for sig in previous:
+            signal.signal(sig, request_stop)
+        installed = True
+    except ValueError:  # not the main thread: signals cannot be caught here
+        pass
+    try:
+        yield
+    finally:
+        if installed:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

@@ -1,0 +1,42 @@
+"""Small helpers shared by the architectures."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def has_hooks(hook_point: nn.Module) -> bool:
+    """Whether anything (a cache, a steering hook) is attached to this hook point."""
+    return bool(getattr(hook_point, "_forward_hooks", None)) or bool(
+        getattr(hook_point, "_backward_hooks", None)
+    )
+
+
+def linear_init_(weight: Tensor, fan_in: int) -> Tensor:
+    """The default ``nn.Linear`` initialisation, U(−1/√fan_in, 1/√fan_in), in place."""
+    bound = 1.0 / math.sqrt(fan_in)
+    with torch.no_grad():
+        return weight.uniform_(-bound, bound)
+
+
+def check_state_dict_shapes(module: nn.Module, state_dict: dict[str, Any]) -> None:
+    """Fail with a readable message when saved weights do not fit the layer's config."""
+    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in state_dict.items()}
+    problems = [f"missing tensor {name!r}" for name in expected if name not in found]
+    problems += [f"unexpected tensor {name!r}" for name in found if name not in expected]
+    problems += [
+        f"{name!r} has shape {found[name]}, the config implies {shape}"
+        for name, shape in expected.items()
+        if name in found and found[name] != shape
+    ]
+    if problems:
+        raise ValueError(
+            f"the weights do not match the {type(module).__name__} config: "
+            + "; ".join(problems)
+            + ". Check that cfg.json and sae_weights.safetensors come from the same training run."
+        )

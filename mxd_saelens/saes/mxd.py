@@ -1,0 +1,449 @@
+"""Mixture of Decoders (Oldfield et al., NeurIPS 2025) as a SAELens architecture, ``"mxd"``.
+
+With input x ∈ R^I (the MLP's input) the layer computes
+
+    z = φ(Eᵀx + b_E)                              hidden units, R^H      (W_enc, b_enc)
+    z = φ(Eᵀx + b_E) ⊙ (E_gluᵀx + b_glu)          the Swish-GLU variant  (W_glu, b_glu)
+    a = TopK_k(ReLU(Gᵀx + b_G))                   expert coefficients, R^N (W_gate, b_gate)
+    y = (Cᵀa) ⊙ (Dᵀz) + b_out                     output, R^O  (W_experts = C, W_dec = D, b_dec)
+
+which equals a mixture of N full-rank linear experts ``y = Σ_n a_n W_nᵀ z`` with
+``W_n = D·diag(c_n)`` (see :meth:`MxD.expert_weights`). The coefficients ``a`` are the SAE's
+features (``d_sae == n_experts``) and pass through ``hook_sae_acts_post``.
+
+Only k coefficients are non-zero, so ``Cᵀa`` gathers k rows of C (forward and backward), and the
+gate's backward touches only the k selected rows of G. ``forward_dense`` keeps the plain
+formulation (dense ``a @ C``) that the tests hold the fast path equal to.
+
+encode/decode: the output needs the hidden units z as well as a. ``encode(x)`` remembers the z
+(and the sparse form of a) of its last call, so ``decode(encode(x))`` works as for any SAELens
+SAE, including inside ``HookedSAETransformer``; ``decode(a, hidden=z)`` takes z explicitly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from sae_lens.saes.sae import (
+    SAE,
+    SAEConfig,
+    TrainCoefficientConfig,
+    TrainingSAE,
+    TrainingSAEConfig,
+    TrainStepInput,
+    TrainStepOutput,
+)
+from torch import Tensor, nn
+from typing_extensions import override
+
+from mxd_saelens.ops.sparse_topk import (
+    TopKCodes,
+    dense_decode,
+    dense_topk,
+    densify,
+    sparse_code_matrix,
+    sparse_decode,
+    sparse_topk,
+)
+from mxd_saelens.saes.common import (
+    check_state_dict_shapes,
+    has_hooks,
+    linear_init_,
+)
+from mxd_saelens.saes.paired import (
+    LayerOutput,
+    PairedTrainingFields,
+    paired_training_forward_pass,
+)
+
+HIDDEN_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+
+@dataclass(kw_only=True)
+class MxDFields:
+    """The shape of an MxD layer; shared by the inference and training configs."""
+
+    d_out: int = 0
+    """O, the MLP output width; 0 means ``d_in``."""
+    d_hidden: int = 0
+    """H, the number of hidden units (the base MLP's width); 0 means ``4 * d_in``."""
+    n_experts: int = 0
+    """N, the number of experts; the same number as ``d_sae`` (give either)."""
+    k: int = 32
+    """How many experts fire per token."""
+    activation: str = "gelu"
+    """The hidden units' nonlinearity φ: gelu, gelu_tanh, relu or silu."""
+    glu: bool = False
+    """Use the Swish-GLU hidden units of gated (Llama-style) MLPs."""
+
+    def _resolve_mxd_shape(self, d_in: int, d_sae: int) -> int:
+        """Fill defaults, check every field, and return N."""
+        if d_in <= 0:
+            raise ValueError(f"d_in must be positive, got {d_in}.")
+        if self.n_experts and d_sae and self.n_experts != d_sae:
+            raise ValueError(
+                f"n_experts={self.n_experts} and d_sae={d_sae} disagree: an MxD's features are its "
+                "experts, so give one of them (or the same number twice)."
+            )
+        n_experts = self.n_experts or d_sae
+        if n_experts <= 0:
+            raise ValueError("set n_experts (or d_sae), the number of experts, to a positive int.")
+        self.n_experts = n_experts
+        self.d_out = self.d_out or d_in
+        self.d_hidden = self.d_hidden or 4 * d_in
+        if self.d_out <= 0 or self.d_hidden <= 0:
+            raise ValueError(
+                f"d_out and d_hidden must be positive, got d_out={self.d_out}, "
+                f"d_hidden={self.d_hidden}."
+            )
+        if not 1 <= self.k <= n_experts:
+            raise ValueError(
+                f"k={self.k} must be between 1 and n_experts={n_experts}: k experts fire per "
+                "token. Lower k or raise n_experts."
+            )
+        if self.activation not in HIDDEN_ACTIVATIONS:
+            raise ValueError(
+                f"activation={self.activation!r} is not supported; choose one of "
+                f"{sorted(HIDDEN_ACTIVATIONS)} (GPT-2's gelu_new is gelu_tanh; Llama's MLP is "
+                "silu with glu=True)."
+            )
+        return n_experts
+
+
+def _check_no_input_bias(apply_b_dec_to_input: bool) -> None:
+    if apply_b_dec_to_input:
+        raise ValueError(
+            "apply_b_dec_to_input must be False for an MxD: its output bias lives in the "
+            "output space, not the input space."
+        )
+
+
+@dataclass
+class MxDConfig(SAEConfig, MxDFields):
+    """Inference config of an MxD layer."""
+
+    d_sae: int = 0
+    apply_b_dec_to_input: bool = False
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "mxd"
+
+    def __post_init__(self) -> None:
+        _check_no_input_bias(self.apply_b_dec_to_input)
+        self.d_sae = self._resolve_mxd_shape(self.d_in, self.d_sae)
+        super().__post_init__()
+
+
+class MxDModule:
+    """The MxD math, shared by the inference and training classes (a plain mixin)."""
+
+    cfg: Any
+    dtype: torch.dtype
+    device: torch.device
+    W_enc: nn.Parameter
+    b_enc: nn.Parameter
+    W_glu: nn.Parameter | None
+    b_glu: nn.Parameter | None
+    W_gate: nn.Parameter
+    b_gate: nn.Parameter
+    W_experts: nn.Parameter
+    W_dec: nn.Parameter
+    b_dec: nn.Parameter
+    hook_sae_input: Any
+    hook_sae_acts_pre: Any
+    hook_sae_acts_post: Any
+    hook_sae_recons: Any
+    hook_sae_error: Any
+    hook_sae_output: Any
+    _last_encoding: tuple[Tensor, Tensor, int, TopKCodes] | None
+    run_time_activation_norm_fn_in: Callable[[Tensor], Tensor]
+    use_error_term: bool
+
+    def initialize_weights(self) -> None:
+        cfg = self.cfg
+        i, h, n, o = cfg.d_in, cfg.d_hidden, cfg.n_experts, cfg.d_out
+        kw = {"dtype": self.dtype, "device": self.device}
+        # encoder and gate: the default linear-layer init, zero biases
+        self.W_enc = nn.Parameter(linear_init_(torch.empty(i, h, **kw), fan_in=i))
+        self.b_enc = nn.Parameter(torch.zeros(h, **kw))
+        if cfg.glu:
+            self.W_glu = nn.Parameter(linear_init_(torch.empty(i, h, **kw), fan_in=i))
+            self.b_glu = nn.Parameter(torch.zeros(h, **kw))
+        else:
+            self.W_glu = None
+            self.b_glu = None
+        self.W_gate = nn.Parameter(linear_init_(torch.empty(i, n, **kw), fan_in=i))
+        self.b_gate = nn.Parameter(torch.zeros(n, **kw))
+        # expert vectors c_n: uniform directions at unit norm; D starts at zero, as in skip
+        # transcoders, so the layer starts as its output bias
+        experts = torch.empty(n, o, **kw)
+        if experts.device.type != "meta":
+            nn.init.uniform_(experts, -1.0, 1.0)
+            experts /= experts.norm(dim=-1, keepdim=True)
+        self.W_experts = nn.Parameter(experts)
+        self.W_dec = nn.Parameter(torch.zeros(h, o, **kw))
+        self.b_dec = nn.Parameter(torch.zeros(o, **kw))
+        self._last_encoding = None
+
+    def get_activation_fn(self) -> Callable[[Tensor], Tensor]:
+        return HIDDEN_ACTIVATIONS[self.cfg.activation]
+
+    def process_sae_in(self, sae_in: Tensor) -> Tensor:
+        # no input-side bias: the output bias lives in the output space
+        sae_in = self.hook_sae_input(sae_in.to(self.dtype))
+        return self.run_time_activation_norm_fn_in(sae_in)
+
+    # --- the pieces of the forward -------------------------------------------------------
+
+    def hidden(self, x: Tensor) -> Tensor:
+        """z = φ(Eᵀx + b_E) [⊙ (E_gluᵀx + b_glu)], shape [..., H]."""
+        z = HIDDEN_ACTIVATIONS[self.cfg.activation](x @ self.W_enc + self.b_enc)
+        if self.W_glu is not None and self.b_glu is not None:
+            z = z * (x @ self.W_glu + self.b_glu)
+        return z
+
+    def gate(self, x: Tensor) -> tuple[TopKCodes, Tensor]:
+        """The k non-zero expert coefficients (fast path) and the dense gate pre-activations."""
+        return sparse_topk(x, self.W_gate, self.b_gate, self.cfg.k)
+
+    def expert_mixture(self, codes: TopKCodes) -> Tensor:
+        """Cᵀa from the k gathered rows of C, shape [..., O]."""
+        return sparse_decode(codes, self._expert_vectors())
+
+    def _expert_vectors(self) -> Tensor:
+        """C as the forward sees it; the training class constrains its gradient."""
+        return self.W_experts
+
+    def _combine(self, mixture: Tensor, z: Tensor) -> Tensor:
+        return mixture * (z @ self.W_dec) + self.b_dec
+
+    def expert_weights(self, n: int) -> Tensor:
+        """Expert n's H×O matrix ``W_n = D·diag(c_n)``, so that expert n maps z to ``W_nᵀz``."""
+        if not 0 <= n < self.cfg.n_experts:
+            raise IndexError(
+                f"expert {n} is out of range: this MxD has {self.cfg.n_experts} experts."
+            )
+        return self.W_dec * self.W_experts[n]
+
+    # --- SAELens's encode / decode / forward ---------------------------------------------
+
+    def _codes_through_hooks(
+        self, codes: TopKCodes, pre: Tensor
+    ) -> tuple[Tensor, TopKCodes | None]:
+        """Run the coefficient hook points. Returns the dense coefficients and, when no hook
+        can have changed them, their sparse form for the fast path."""
+        if has_hooks(self.hook_sae_acts_pre):
+            self.hook_sae_acts_pre(pre)
+        dense = densify(codes, self.cfg.n_experts)
+        if has_hooks(self.hook_sae_acts_post):
+            return self.hook_sae_acts_post(dense), None
+        return self.hook_sae_acts_post(dense), codes
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The expert coefficients a, dense ``[..., N]`` with k non-zeros per token."""
+        x = self.process_sae_in(x)
+        codes, pre = self.gate(x)
+        z = self.hidden(x)
+        dense, sparse = self._codes_through_hooks(codes, pre)
+        if sparse is not None:
+            self._last_encoding = (dense, z, dense._version, sparse)
+        else:
+            self._last_encoding = (dense, z, -1, codes)
+        return dense
+
+    def decode(self, feature_acts: Tensor, hidden: Tensor | None = None) -> Tensor:
+        """y = (Cᵀa) ⊙ (Dᵀz) + b_out. z comes from ``hidden`` or from the last ``encode`` call."""
+        cached = self._last_encoding
+        if hidden is None:
+            if cached is None or cached[1].shape[:-1] != feature_acts.shape[:-1]:
+                raise ValueError(
+                    "an MxD's output depends on its input through the hidden units z, not only "
+                    "on the coefficients: call decode(a, hidden=mxd.hidden(x)), decode the "
+                    "result of the most recent encode(x), or call forward(x)."
+                )
+            hidden = cached[1]
+        unchanged = (
+            cached is not None and cached[0] is feature_acts and cached[2] == feature_acts._version
+        )
+        if unchanged and cached is not None:
+            mixture = sparse_decode(cached[3], self._expert_vectors())
+        else:
+            mixture = dense_decode(feature_acts, self._expert_vectors())
+        return self.hook_sae_recons(self._combine(mixture, hidden))
+
+    def _forward_output(self, x: Tensor) -> Tensor:
+        """The layer's output on processed input, through the coefficient hooks."""
+        codes, pre = self.gate(x)
+        z = self.hidden(x)
+        if has_hooks(self.hook_sae_acts_pre) or has_hooks(self.hook_sae_acts_post):
+            dense, _ = self._codes_through_hooks(codes, pre)
+            mixture = dense_decode(dense, self._expert_vectors())
+        else:
+            mixture = self.expert_mixture(codes)
+        return self.hook_sae_recons(self._combine(mixture, z))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self._forward_output(self.process_sae_in(x))  # type: ignore[attr-defined]
+        if self.use_error_term:
+            raise ValueError(
+                "an MxD replaces an MLP, so its error term is (MLP output − MxD output); use "
+                "mxd_saelens.splice(..., use_error_term=True) or HookedSAETransformer.add_sae("
+                "..., use_error_term=True), which know the MLP's output."
+            )
+        return self.hook_sae_output(out)
+
+    def forward_dense(self, x: Tensor) -> Tensor:
+        """The plain formulation: dense gate, top-k scattered into a dense a, dense ``a @ C``."""
+        x = self.process_sae_in(x)
+        a, _ = dense_topk(x, self.W_gate, self.b_gate, self.cfg.k)
+        mixture = dense_decode(a, self._expert_vectors())
+        return self._combine(mixture, self.hidden(x))
+
+    # --- SAELens maintenance hooks -------------------------------------------------------
+
+    @torch.no_grad()
+    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
+        # trained on (s·x, s·y): pre-activations take s·x, the output is divided by s
+        for weight in (self.W_enc, self.W_glu, self.W_gate):
+            if weight is not None:
+                weight.mul_(scaling_factor)
+        self.W_dec.div_(scaling_factor)
+        self.b_dec.div_(scaling_factor)
+        self.cfg.normalize_activations = "none"
+
+    def fold_W_dec_norm(self) -> None:
+        raise NotImplementedError(
+            "an MxD keeps its expert vectors at unit norm during training; there is no decoder "
+            "norm to fold."
+        )
+
+    def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
+        check_state_dict_shapes(self, state_dict)  # type: ignore[arg-type]
+
+
+class MxD(MxDModule, SAE[MxDConfig]):
+    """Inference MxD layer. The math lives in :class:`MxDModule`."""
+
+    def __init__(self, cfg: MxDConfig, use_error_term: bool = False):
+        super().__init__(cfg, use_error_term)
+
+
+# --- training ------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class MxDTrainingSAEConfig(TrainingSAEConfig, MxDFields, PairedTrainingFields):
+    """Training config of an MxD layer (adds the loss; saves as ``"mxd"``)."""
+
+    d_sae: int = 0
+    apply_b_dec_to_input: bool = False
+    decoder_init_norm: float | None = None
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "mxd"
+
+    def __post_init__(self) -> None:
+        _check_no_input_bias(self.apply_b_dec_to_input)
+        self.d_sae = self._resolve_mxd_shape(self.d_in, self.d_sae)
+        self._validate_loss()
+        super().__post_init__()
+
+
+class _UnitNormTangentGrad(torch.autograd.Function):
+    """Identity forward; the backward removes from each row's gradient its component along
+    that row, so a step moves the unit-norm expert vectors c_n along their sphere."""
+
+    @staticmethod
+    def forward(ctx: Any, experts: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(experts)
+        return experts.view_as(experts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
+        (experts,) = ctx.saved_tensors
+        unit = experts / experts.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return grad - (grad * unit).sum(dim=-1, keepdim=True) * unit
+
+
+class MxDTrainingSAE(MxDModule, TrainingSAE[MxDTrainingSAEConfig]):
+    """Training MxD layer, trained on packed ``[mlp_in ‖ mlp_out]`` rows.
+
+    Each step first renormalises the expert vectors (the previous optimiser step may have moved
+    them off the unit sphere) and, in the backward, removes the gradient component parallel to
+    each c_n. The output bias should be set to the mean target before training
+    (:meth:`initialize_output_bias`; the runner does this).
+    """
+
+    def __init__(self, cfg: MxDTrainingSAEConfig, use_error_term: bool = False):
+        super().__init__(cfg, use_error_term)
+
+    @override
+    def _expert_vectors(self) -> Tensor:
+        if self.training and torch.is_grad_enabled():
+            return _UnitNormTangentGrad.apply(self.W_experts)
+        return self.W_experts
+
+    @torch.no_grad()
+    def normalize_experts(self) -> None:
+        """Put every expert vector c_n back on the unit sphere."""
+        self.W_experts.div_(self.W_experts.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def initialize_output_bias(self, target_mean: Tensor) -> None:
+        """Start the output bias at the mean of the training targets."""
+        if target_mean.shape != self.b_dec.shape:
+            raise ValueError(
+                f"target mean has shape {tuple(target_mean.shape)}, expected ({self.cfg.d_out},)."
+            )
+        self.b_dec.copy_(target_mean.to(self.b_dec))
+
+    def training_layer_output(self, x: Tensor) -> LayerOutput:
+        x = self.process_sae_in(x)
+        codes, pre = self.gate(x)
+        output = self._combine(self.expert_mixture(codes), self.hidden(x))
+        feature_acts = sparse_code_matrix(codes, self.cfg.n_experts)
+        return LayerOutput(output=output, feature_acts=feature_acts, hidden_pre=pre)
+
+    @override
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        self.normalize_experts()
+        return paired_training_forward_pass(
+            step_input,
+            self.cfg.d_in,
+            self.cfg.d_out,
+            self.cfg.loss,
+            self.training_layer_output,
+        )
+
+    @override
+    def encode_with_hidden_pre(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.process_sae_in(x)
+        codes, pre = self.gate(x)
+        return densify(codes, self.cfg.n_experts), pre
+
+    @override
+    def calculate_aux_loss(
+        self,
+        step_input: TrainStepInput,
+        feature_acts: Tensor,
+        hidden_pre: Tensor,
+        sae_out: Tensor,
+    ) -> dict[str, Tensor]:
+        return {}
+
+    @override
+    def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        return {}

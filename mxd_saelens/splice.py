@@ -1,0 +1,124 @@
+"""Replace an MLP's output by a trained layer's output during a TransformerLens forward.
+
+``with splice(model, layer): model(tokens)`` runs the model with block L's ``hook_mlp_out``
+replaced by ``layer(mlp_in)``, where ``mlp_in`` is captured at the layer's input hook in the same
+forward. Works for every layer whose config names its hooks (``cfg.metadata.hook_name`` and
+``hook_name_out``), which is how this package and SAELens save transcoders; several layers
+splice at once. With ``use_error_term=True`` the model's output stays exact (the layer's
+error is added back) while the layer's codes, and edits to them, flow through its hook points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from sae_lens.saes.sae import SAE, _disable_hooks
+from torch import nn
+from transformer_lens.hook_points import HookedRootModule, HookPoint
+
+from mxd_saelens.hooks import MLPHooks, resolve_mlp_hooks
+
+
+@dataclass
+class SplicedLayer:
+    """One replacement: the layer and the hooks it reads from and writes to."""
+
+    layer: nn.Module
+    hooks: MLPHooks
+
+
+def hooks_of(model: HookedRootModule, layer: nn.Module) -> MLPHooks:
+    """The input and output hooks a saved layer was trained on."""
+    metadata = getattr(getattr(layer, "cfg", None), "metadata", None)
+    hook_in = getattr(metadata, "hook_name", None)
+    hook_out = getattr(metadata, "hook_name_out", None)
+    if not hook_in:
+        raise ValueError(
+            "the layer's config does not say which hook it reads (cfg.metadata.hook_name); "
+            "pass SplicedLayer(layer, resolve_mlp_hooks(model, layer=L)) instead."
+        )
+    return resolve_mlp_hooks(model, hook_in=hook_in, hook_out=hook_out)
+
+
+def _as_spliced(model: HookedRootModule, layers: Any) -> list[SplicedLayer]:
+    if isinstance(layers, SplicedLayer):
+        return [layers]
+    if isinstance(layers, nn.Module):
+        return [SplicedLayer(layers, hooks_of(model, layers))]
+    if isinstance(layers, dict):
+        return [
+            SplicedLayer(layer, resolve_mlp_hooks(model, layer=int(index)))
+            for index, layer in layers.items()
+        ]
+    return [item for entry in layers for item in _as_spliced(model, entry)]
+
+
+def run_layer(layer: nn.Module, mlp_in: torch.Tensor) -> torch.Tensor:
+    """The layer's output on the MLP's input, in the model's dtype."""
+    return layer(mlp_in).to(mlp_in.dtype)
+
+
+@torch.no_grad()
+def _clean_output(layer: nn.Module, mlp_in: torch.Tensor) -> torch.Tensor:
+    if isinstance(layer, SAE):
+        with _disable_hooks(layer):
+            return run_layer(layer, mlp_in)
+    return run_layer(layer, mlp_in)
+
+
+@contextmanager
+def splice(
+    model: HookedRootModule,
+    layers: nn.Module | SplicedLayer | dict[int, nn.Module] | Sequence[Any],
+    use_error_term: bool = False,
+) -> Iterator[list[SplicedLayer]]:
+    """Replace the MLP output of each given layer's block by the layer's output."""
+    spliced = _as_spliced(model, layers)
+    captured: dict[int, torch.Tensor] = {}
+    handles: list[tuple[HookPoint, Any]] = []
+
+    for index, item in enumerate(spliced):
+
+        def capture(acts: torch.Tensor, hook: HookPoint, index: int = index) -> None:
+            captured[index] = acts
+
+        def replace(
+            acts: torch.Tensor, hook: HookPoint, index: int = index, item: SplicedLayer = item
+        ) -> torch.Tensor:
+            mlp_in = captured.pop(index)
+            out = run_layer(item.layer, mlp_in)
+            if use_error_term:
+                out = out + (acts - _clean_output(item.layer, mlp_in))
+            return out
+
+        handles.append(_add_hook(model.hook_dict[item.hooks.hook_in], capture))
+        handles.append(_add_hook(model.hook_dict[item.hooks.hook_out], replace))
+    try:
+        yield spliced
+    finally:
+        for hook_point, handle in handles:
+            # remove only our own hooks; anything the user attached stays
+            handle.hook.remove()
+            hook_point.fwd_hooks.remove(handle)
+        captured.clear()
+
+
+def _add_hook(hook_point: HookPoint, fn: Any) -> tuple[HookPoint, Any]:
+    hook_point.add_hook(fn)
+    return hook_point, hook_point.fwd_hooks[-1]
+
+
+def spliced_forward(
+    model: HookedRootModule,
+    layers: Any,
+    tokens: torch.Tensor,
+    use_error_term: bool = False,
+    **forward_kwargs: Any,
+) -> Any:
+    """``model(tokens, **forward_kwargs)`` with the layers spliced in."""
+    with splice(model, layers, use_error_term=use_error_term):
+        return model(tokens, **forward_kwargs)

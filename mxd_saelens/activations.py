@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from sae_lens.config import LanguageModelSAERunnerConfig
 from sae_lens.training.activations_store import ActivationsStore, _get_input_token_device
+from safetensors.torch import load_file, save_file
 from transformer_lens.hook_points import HookedRootModule
 
 from mxd_saelens.hooks import MLPHooks
@@ -117,7 +117,9 @@ class PairedActivationsStore(ActivationsStore):
         return store
 
     @torch.no_grad()
-    def get_paired_activations(self, batch_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def get_paired_activations(
+        self, batch_tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(mlp_in, mlp_out) for every token: ``[batch, context, d_in]`` and ``[…, d_out]``."""
         with torch.autocast(
             device_type=_get_input_token_device(self.model).type,
@@ -178,7 +180,9 @@ class PairedActivationsStore(ActivationsStore):
             )
         state = load_file(str(path))
         self._skip_sequences(int(state["n_sequences_served"].item()))
-        buffer_state = {k.removeprefix("buffer."): v for k, v in state.items() if k.startswith("buffer.")}
+        buffer_state = {
+            k.removeprefix("buffer."): v for k, v in state.items() if k.startswith("buffer.")
+        }
         if buffer_state:
             loader = self.get_data_loader()
             loader.load_state_dict(buffer_state)

@@ -51,9 +51,7 @@ def runner_config(architecture: str, **values: Any) -> LanguageModelSAERunnerCon
         for name in unknown:
             close = difflib.get_close_matches(name, sorted(known), n=3)
             hints.append(f"{name!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
-        raise ValueError(
-            f"unknown field(s) for architecture {architecture!r}: {'; '.join(hints)}."
-        )
+        raise ValueError(f"unknown field(s) for architecture {architecture!r}: {'; '.join(hints)}.")
 
     layer = values.pop("layer", None)
     hook_name_out = values.pop("hook_name_out", None)
@@ -62,8 +60,14 @@ def runner_config(architecture: str, **values: Any) -> LanguageModelSAERunnerCon
         hook_name_out = hook_name_out or f"blocks.{layer}.hook_mlp_out"
 
     sae_values = {k: v for k, v in values.items() if k in sae_names}
-    runner_values = {k: v for k, v in values.items() if k in runner_names and (k not in sae_names or k in _SHARED)}
-    logger_values = {k: v for k, v in values.items() if k in logger_names and k not in runner_values}
+    runner_values = {
+        k: v
+        for k, v in values.items()
+        if k in runner_names and (k not in sae_names or k in _SHARED)
+    }
+    logger_values = {
+        k: v for k, v in values.items() if k in logger_names and k not in runner_values
+    }
     sae_cfg = sae_cls(**sae_values)
     if hook_name_out is not None:
         sae_cfg.metadata.hook_name_out = hook_name_out

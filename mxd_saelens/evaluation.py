@@ -203,12 +203,16 @@ def evaluate_splice(
         ce_zero_ablation=ce_zero_mean,
         ce_mean_ablation=sums["mean"] / n_ce,
         delta_ce=ce_spliced_mean - ce_clean_mean,
-        ce_recovered=(ce_zero_mean - ce_spliced_mean) / denominator if denominator else float("nan"),
+        ce_recovered=(ce_zero_mean - ce_spliced_mean) / denominator
+        if denominator
+        else float("nan"),
         kl=sums["kl"] / n_ce,
         nmse=err / max(tgt, 1e-12),
         explained_variance=1.0 - err / max(total_var, 1e-12),
         l0=l0_sum / max(n_act, 1),
-        dead_fraction=float((firing_rate == 0).double().mean()) if firing_rate is not None else float("nan"),
+        dead_fraction=float((firing_rate == 0).double().mean())
+        if firing_rate is not None
+        else float("nan"),
         dense_fraction=float((firing_rate > dense_threshold).double().mean())
         if firing_rate is not None
         else float("nan"),
@@ -219,3 +223,22 @@ def evaluate_splice(
 
 def flatten_metrics(metrics: SpliceMetrics, prefix: str = "eval/") -> dict[str, Any]:
     return {f"{prefix}{name}": value for name, value in metrics.to_dict().items()}
+
+
+def evaluate_layers(
+    model: HookedRootModule,
+    layers: dict[str, nn.Module],
+    tokens: Tensor,
+    batch_size: int = 8,
+) -> list[dict[str, Any]]:
+    """One row of metrics per named layer, each spliced into ``model`` on ``tokens``."""
+    from mxd_saelens.layers import describe
+    from mxd_saelens.splice import hooks_of
+
+    rows = []
+    for name, layer in layers.items():
+        metrics = evaluate_splice(
+            model, SplicedLayer(layer, hooks_of(model, layer)), tokens, batch_size=batch_size
+        )
+        rows.append({"name": name, **describe(layer), **metrics.to_dict()})
+    return rows

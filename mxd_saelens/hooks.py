@@ -55,7 +55,9 @@ def _check_hook(model: HookedRootModule, hook_name: str, role: str) -> None:
         return
     close = difflib.get_close_matches(hook_name, list(model.hook_dict), n=5, cutoff=0.6)
     layer = layer_of(hook_name)
-    same_block = [n for n in model.hook_dict if layer is not None and n.startswith(f"blocks.{layer}.")]
+    same_block = [
+        n for n in model.hook_dict if layer is not None and n.startswith(f"blocks.{layer}.")
+    ]
     suggestions = close or same_block[:12] or list(model.hook_dict)[:12]
     raise ValueError(
         f"{role} hook {hook_name!r} is not a hook point of this model. "

@@ -22,7 +22,6 @@ import wandb
 from sae_lens import logger
 from sae_lens.config import LanguageModelSAERunnerConfig
 from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
-from sae_lens.load_model import load_model
 from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
 from sae_lens.training.activation_scaler import ActivationScaler
 from sae_lens.training.activations_store import ActivationsStore
@@ -32,6 +31,7 @@ from transformer_lens.hook_points import HookedRootModule
 from mxd_saelens.activations import PairedActivationsStore
 from mxd_saelens.evaluation import evaluate_splice, flatten_metrics
 from mxd_saelens.hooks import MLPHooks, resolve_mlp_hooks
+from mxd_saelens.sources import load_dataset_source, load_language_model
 from mxd_saelens.splice import SplicedLayer
 from mxd_saelens.trainer import PairedSAETrainer
 
@@ -121,15 +121,14 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
         check_runner_config(cfg)
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
-        if override_model is not None:
-            self.model = override_model
-        else:
-            self.model = load_model(
-                cfg.model_class_name,
-                cfg.model_name,
-                device=cfg.llm_device,  # type: ignore[arg-type]
-                model_from_pretrained_kwargs=cfg.model_from_pretrained_kwargs,
-            )
+        self.model = override_model or load_language_model(
+            cfg.model_name,
+            cfg.model_class_name,
+            device=cfg.llm_device or cfg.device,
+            model_from_pretrained_kwargs=cfg.model_from_pretrained_kwargs,
+        )
+        if override_dataset is None:
+            override_dataset = load_dataset_source(cfg.dataset_path)
         self.hooks = resolve_mlp_hooks(
             self.model,
             hook_in=cfg.hook_name,
@@ -158,7 +157,9 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
     def _evaluation_tokens(self, override_dataset: Any) -> Tensor:
         """A fixed set of sequences for eval steps, read by a store of its own so that
         evaluating never moves the training stream."""
-        store = ActivationsStore.from_config(self.model, self.cfg, override_dataset=override_dataset)
+        store = ActivationsStore.from_config(
+            self.model, self.cfg, override_dataset=override_dataset
+        )
         batch = self.cfg.eval_batch_size_prompts or self.cfg.store_batch_size_prompts
         return torch.cat([store.get_batch_tokens(batch) for _ in range(self.cfg.n_eval_batches)])
 

@@ -17,10 +17,39 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-WORDS = (
-    "the a cat dog bird sees chases likes eats runs sleeps under over near big small red "
-    "green quick slow house tree river and then because while it they we you"
-).split()
+WORDS = [
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "bird",
+    "sees",
+    "chases",
+    "likes",
+    "eats",
+    "runs",
+    "sleeps",
+    "under",
+    "over",
+    "near",
+    "big",
+    "small",
+    "red",
+    "green",
+    "quick",
+    "slow",
+    "house",
+    "tree",
+    "river",
+    "and",
+    "then",
+    "because",
+    "while",
+    "it",
+    "they",
+    "we",
+    "you",
+]
 
 
 def synthetic_texts(n: int, seed: int = 0) -> list[str]:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from mxd_saelens.ops.sparse_topk import TopKCodes
 
 
 def has_hooks(hook_point: nn.Module) -> bool:
@@ -40,3 +43,22 @@ def check_state_dict_shapes(module: nn.Module, state_dict: dict[str, Any]) -> No
             + "; ".join(problems)
             + ". Check that cfg.json and sae_weights.safetensors come from the same training run."
         )
+
+
+@dataclass
+class EncodingMemo:
+    """What ``encode`` leaves for ``decode``: the dense codes it returned and their sparse form.
+
+    SAELens calls ``decode(encode(x))`` (``HookedSAETransformer`` does); when ``decode`` gets
+    back the very tensor ``encode`` returned, unmodified, it can decode from the k selected
+    units instead of multiplying the dense code matrix.
+    """
+
+    dense: Tensor
+    version: int
+    codes: TopKCodes | None
+    hidden: Tensor | None = None
+
+    def codes_for(self, feature_acts: Tensor) -> TopKCodes | None:
+        unchanged = feature_acts is self.dense and feature_acts._version == self.version
+        return self.codes if unchanged else None

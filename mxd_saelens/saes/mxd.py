@@ -50,6 +50,7 @@ from mxd_saelens.ops.sparse_topk import (
     sparse_topk,
 )
 from mxd_saelens.saes.common import (
+    EncodingMemo,
     check_state_dict_shapes,
     has_hooks,
     linear_init_,
@@ -166,7 +167,7 @@ class MxDModule:
     hook_sae_recons: Any
     hook_sae_error: Any
     hook_sae_output: Any
-    _last_encoding: tuple[Tensor, Tensor, int, TopKCodes] | None
+    _last_encoding: EncodingMemo | None
     run_time_activation_norm_fn_in: Callable[[Tensor], Tensor]
     use_error_term: bool
 
@@ -238,46 +239,42 @@ class MxDModule:
 
     # --- SAELens's encode / decode / forward ---------------------------------------------
 
-    def _codes_through_hooks(
-        self, codes: TopKCodes, pre: Tensor
-    ) -> tuple[Tensor, TopKCodes | None]:
-        """Run the coefficient hook points. Returns the dense coefficients and, when no hook
-        can have changed them, their sparse form for the fast path."""
+    def _codes_through_hooks(self, codes: TopKCodes, pre: Tensor) -> EncodingMemo:
+        """Run the coefficient hook points; the memo keeps the sparse form only when no hook
+        can have changed the coefficients."""
         if has_hooks(self.hook_sae_acts_pre):
             self.hook_sae_acts_pre(pre)
-        dense = densify(codes, self.cfg.n_experts)
-        if has_hooks(self.hook_sae_acts_post):
-            return self.hook_sae_acts_post(dense), None
-        return self.hook_sae_acts_post(dense), codes
+        hooked = has_hooks(self.hook_sae_acts_post)
+        dense = self.hook_sae_acts_post(densify(codes, self.cfg.n_experts))
+        return EncodingMemo(dense, dense._version, None if hooked else codes)
 
     def encode(self, x: Tensor) -> Tensor:
         """The expert coefficients a, dense ``[..., N]`` with k non-zeros per token."""
         x = self.process_sae_in(x)
         codes, pre = self.gate(x)
-        z = self.hidden(x)
-        dense, sparse = self._codes_through_hooks(codes, pre)
-        if sparse is not None:
-            self._last_encoding = (dense, z, dense._version, sparse)
-        else:
-            self._last_encoding = (dense, z, -1, codes)
-        return dense
+        memo = self._codes_through_hooks(codes, pre)
+        memo.hidden = self.hidden(x)
+        self._last_encoding = memo
+        return memo.dense
 
     def decode(self, feature_acts: Tensor, hidden: Tensor | None = None) -> Tensor:
         """y = (Cᵀa) ⊙ (Dᵀz) + b_out. z comes from ``hidden`` or from the last ``encode`` call."""
-        cached = self._last_encoding
+        memo = self._last_encoding
         if hidden is None:
-            if cached is None or cached[1].shape[:-1] != feature_acts.shape[:-1]:
+            if (
+                memo is None
+                or memo.hidden is None
+                or memo.hidden.shape[:-1] != feature_acts.shape[:-1]
+            ):
                 raise ValueError(
                     "an MxD's output depends on its input through the hidden units z, not only "
                     "on the coefficients: call decode(a, hidden=mxd.hidden(x)), decode the "
                     "result of the most recent encode(x), or call forward(x)."
                 )
-            hidden = cached[1]
-        unchanged = (
-            cached is not None and cached[0] is feature_acts and cached[2] == feature_acts._version
-        )
-        if unchanged and cached is not None:
-            mixture = sparse_decode(cached[3], self._expert_vectors())
+            hidden = memo.hidden
+        codes = memo.codes_for(feature_acts) if memo is not None else None
+        if codes is not None:
+            mixture = sparse_decode(codes, self._expert_vectors())
         else:
             mixture = dense_decode(feature_acts, self._expert_vectors())
         return self.hook_sae_recons(self._combine(mixture, hidden))
@@ -287,7 +284,7 @@ class MxDModule:
         codes, pre = self.gate(x)
         z = self.hidden(x)
         if has_hooks(self.hook_sae_acts_pre) or has_hooks(self.hook_sae_acts_post):
-            dense, _ = self._codes_through_hooks(codes, pre)
+            dense = self._codes_through_hooks(codes, pre).dense
             mixture = dense_decode(dense, self._expert_vectors())
         else:
             mixture = self.expert_mixture(codes)

@@ -25,8 +25,13 @@ from sae_lens.saes.transcoder import Transcoder, TranscoderConfig
 from torch import Tensor, nn
 from typing_extensions import override
 
-from mxd_saelens.ops.sparse_topk import sparse_code_matrix, sparse_decode, sparse_topk
-from mxd_saelens.saes.common import check_state_dict_shapes, has_hooks, linear_init_
+from mxd_saelens.ops.sparse_topk import densify, sparse_code_matrix, sparse_decode, sparse_topk
+from mxd_saelens.saes.common import (
+    EncodingMemo,
+    check_state_dict_shapes,
+    has_hooks,
+    linear_init_,
+)
 from mxd_saelens.saes.paired import (
     LayerOutput,
     PairedTrainingFields,
@@ -84,11 +89,30 @@ class TopKTranscoderForward:
     hook_sae_acts_post: Any
     hook_sae_recons: Any
     process_sae_in: Callable[[Tensor], Tensor]
-    encode: Callable[[Tensor], Tensor]
-    decode: Callable[[Tensor], Tensor]
+
+    _last_encoding: EncodingMemo | None = None
 
     def get_activation_fn(self) -> Callable[[Tensor], Tensor]:
         return TopK(self.cfg.k)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Dense codes with k non-zeros per token (the top k of ReLU(W_encᵀx + b_enc))."""
+        codes, pre = sparse_topk(self.process_sae_in(x), self.W_enc, self.b_enc, self.cfg.k)
+        if has_hooks(self.hook_sae_acts_pre):
+            self.hook_sae_acts_pre(pre)
+        hooked = has_hooks(self.hook_sae_acts_post)
+        dense = self.hook_sae_acts_post(densify(codes, self.cfg.d_sae))
+        self._last_encoding = EncodingMemo(dense, dense._version, None if hooked else codes)
+        return dense
+
+    def decode(self, feature_acts: Tensor) -> Tensor:
+        memo = self._last_encoding
+        codes = memo.codes_for(feature_acts) if memo is not None else None
+        if codes is not None:
+            out = sparse_decode(codes, self.W_dec)
+        else:
+            out = feature_acts.to(self.W_dec.dtype) @ self.W_dec
+        return self.hook_sae_recons(out + self.b_dec)
 
     def skip_output(self, x: Tensor) -> Tensor | None:
         """The skip path's contribution (None without one)."""
@@ -97,7 +121,8 @@ class TopKTranscoderForward:
     def transcode(self, x: Tensor) -> Tensor:
         """The layer's output, on the fast path unless a hook watches the codes."""
         if has_hooks(self.hook_sae_acts_pre) or has_hooks(self.hook_sae_acts_post):
-            out = self.decode(self.encode(x))
+            dense = self.encode(x)
+            out = self.hook_sae_recons(dense.to(self.W_dec.dtype) @ self.W_dec + self.b_dec)
         else:
             codes, _ = sparse_topk(self.process_sae_in(x), self.W_enc, self.b_enc, self.cfg.k)
             out = self.hook_sae_recons(sparse_decode(codes, self.W_dec) + self.b_dec)

@@ -1,0 +1,36 @@
+# Every target sets itself up: a project-local virtual environment with the CPU build of
+# torch 2.13.0 installed first (override: make test TORCH_SPEC="torch==2.5.1").
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint benchmark frontier clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(BIN)/mxd-saelens demo $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check mxd_saelens tests benchmarks scripts
+	$(BIN)/ruff format --check mxd_saelens tests benchmarks scripts
+
+benchmark: setup
+	$(BIN)/python benchmarks/train_step.py $(ARGS)
+
+frontier: setup
+	$(BIN)/python benchmarks/frontier.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache demo_output

@@ -1,0 +1,5 @@
+import sys
+
+from mxd_saelens.cli import main
+
+sys.exit(main())

@@ -1,0 +1,113 @@
+"""The ``mxd-saelens`` command line.
+
+``train`` is generated from the same config dataclasses as the Python API: SAELens's
+``LanguageModelSAERunnerConfig`` with ``--architecture`` choosing the layer's config class from
+SAELens's registry (so ``--architecture mxd`` exposes ``--n_experts``, ``--k``, ``--glu`` …).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import make_dataclass
+from functools import partial
+from typing import Any
+
+from sae_lens.config import LanguageModelSAERunnerConfig
+from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+from sae_lens.saes.sae import TrainingSAEConfig
+from simple_parsing import ArgumentParser, subgroups
+
+import mxd_saelens  # noqa: F401  (registers the architectures)
+
+# defaults that make each architecture constructible before the user's flags are applied
+_PLACEHOLDER_SHAPE = {"mxd": {"d_in": 512, "n_experts": 1024}}
+
+
+def parse_train_args(args: Sequence[str]) -> tuple[LanguageModelSAERunnerConfig[Any], str | None]:
+    """The runner config (and the optional output hook) from command-line flags."""
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--hook_name_out", default=None)
+    known, rest = extra.parse_known_args(list(args))
+    choices = {
+        name: partial(config_class, **_PLACEHOLDER_SHAPE.get(name, {"d_in": 512, "d_sae": 1024}))
+        for name, (_, config_class) in SAE_TRAINING_CLASS_REGISTRY.items()
+    }
+    cli_class = make_dataclass(
+        "TrainCommand",
+        [("sae", TrainingSAEConfig, subgroups(choices, default="mxd", alias="--architecture"))],
+        bases=(LanguageModelSAERunnerConfig,),
+    )
+    parser = ArgumentParser(
+        prog="mxd-saelens train",
+        description="Train a layer that replaces a TransformerLens model's MLP. Extra flag: "
+        "--hook_name_out (default: blocks.L.hook_mlp_out of the input hook's block).",
+    )
+    parser.add_arguments(cli_class, dest="cfg")
+    cfg = parser.parse_args(rest or ["--help"]).cfg
+    return cfg, known.hook_name_out
+
+
+def train(args: Sequence[str]) -> None:
+    from mxd_saelens.runner import PairedTrainingRunner
+
+    cfg, hook_name_out = parse_train_args(args)
+    PairedTrainingRunner(cfg, hook_name_out=hook_name_out).run()
+    if cfg.output_path:
+        print(f"saved to {cfg.output_path}")
+
+
+def evaluate(args: Sequence[str]) -> None:
+    from mxd_saelens.evaluation import evaluate_layers
+    from mxd_saelens.layers import load_layer
+    from mxd_saelens.report import format_table, write_report
+    from mxd_saelens.sources import load_language_model
+    from mxd_saelens.tokens import token_sequences
+
+    parser = argparse.ArgumentParser(
+        prog="mxd-saelens eval",
+        description="Splice saved layers into their model and measure next-token loss.",
+    )
+    parser.add_argument("layers", nargs="+", help="folders of saved layers")
+    parser.add_argument("--model", help="model name (default: the first layer's model_name)")
+    parser.add_argument(
+        "--dataset", default="zoo:heldout", help="held-out text (default: %(default)s)"
+    )
+    parser.add_argument("--n_sequences", type=int, default=64)
+    parser.add_argument("--context_size", type=int, default=128)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out_dir", default="eval_output")
+    opts = parser.parse_args(list(args))
+
+    layers = {path: load_layer(path, device=opts.device) for path in opts.layers}
+    model_name = opts.model or next(iter(layers.values())).cfg.metadata.model_name
+    if not model_name:
+        parser.error("the layers do not record their model; pass --model")
+    model = load_language_model(model_name, device=opts.device)
+    tokens = token_sequences(model, opts.dataset, opts.context_size, opts.n_sequences)
+    rows = evaluate_layers(model, layers, tokens.to(opts.device), batch_size=opts.batch_size)
+    print(format_table(rows))
+    json_path, html_path = write_report(rows, opts.out_dir, title=f"{model_name} splice evaluation")
+    print(f"wrote {json_path} and {html_path}")
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], None]] = {"train": train, "eval": evaluate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        names = ", ".join(COMMANDS)
+        print(f"usage: mxd-saelens {{{names}}} [--help | flags]", file=sys.stderr)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"unknown command {argv[0]!r}; choose one of: {names}", file=sys.stderr)
+            return 2
+        return 0 if argv else 2
+    try:
+        COMMANDS[argv[0]](argv[1:])
+    except KeyboardInterrupt as stop:
+        print(str(stop) or "interrupted", file=sys.stderr)
+        return 130
+    return 0

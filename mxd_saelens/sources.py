@@ -1,0 +1,76 @@
+"""Where models and datasets come from: the bundled zoo, local files, or the hub.
+
+Hub names (``gpt2``, ``Skylion007/openwebtext``) go through SAELens's and datasets' own loading
+code, untouched. The bundled models load by name (``tiny-gelu``), the bundled corpus as
+``dataset_path="zoo"`` (or ``zoo:heldout``), and a local ``.json``/``.jsonl``/``.jsonl.gz``/
+``.parquet``/``.txt`` file or folder through ``datasets`` without any network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, load_dataset
+from sae_lens.load_model import load_model
+from transformer_lens.hook_points import HookedRootModule
+
+_LOCAL_BUILDERS = {
+    ".json": "json",
+    ".jsonl": "json",
+    ".parquet": "parquet",
+    ".txt": "text",
+    ".csv": "csv",
+}
+
+
+def load_language_model(
+    model_name: str,
+    model_class_name: str = "HookedTransformer",
+    device: str = "cpu",
+    model_from_pretrained_kwargs: dict[str, Any] | None = None,
+) -> HookedRootModule:
+    """A bundled model by name, otherwise SAELens's ``load_model`` (hub or local)."""
+    from mxd_saelens import zoo
+
+    if model_name in zoo.list_models():
+        return zoo.load(model_name, device=device)
+    return load_model(
+        model_class_name,
+        model_name,
+        device=device,
+        model_from_pretrained_kwargs=model_from_pretrained_kwargs,
+    )
+
+
+def _builder_for(path: Path) -> str:
+    suffixes = [s for s in path.suffixes if s not in (".gz", ".bz2", ".xz", ".zst")]
+    if suffixes and suffixes[-1] in _LOCAL_BUILDERS:
+        return _LOCAL_BUILDERS[suffixes[-1]]
+    raise ValueError(
+        f"cannot tell the format of {path}; use one of {sorted(_LOCAL_BUILDERS)} "
+        "(optionally compressed), or a folder of such files."
+    )
+
+
+def load_dataset_source(dataset_path: str) -> Dataset | None:
+    """The dataset for ``dataset_path`` when it is the bundled corpus or a local file/folder;
+    None for a hub name, which SAELens's store loads itself."""
+    if dataset_path == "zoo" or dataset_path.startswith("zoo:"):
+        from mxd_saelens import zoo
+
+        split = dataset_path.partition(":")[2] or "train"
+        return zoo.load_corpus(split)  # type: ignore[arg-type]
+    path = Path(dataset_path).expanduser()
+    if not dataset_path or not path.exists():
+        return None
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise ValueError(f"the dataset folder {path} holds no files.")
+        builder = _builder_for(files[0])
+        data_files = [str(p) for p in files if _builder_for(p) == builder]
+    else:
+        builder = _builder_for(path)
+        data_files = [str(path)]
+    return load_dataset(builder, data_files=data_files, split="train")

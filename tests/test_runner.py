@@ -1,0 +1,291 @@
+"""Training through SAELens's runner and trainer on a small real TransformerLens model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from sae_lens import SAE, LanguageModelSAERunnerConfig
+from sae_lens.config import LoggingConfig
+from safetensors.torch import load_file
+
+import mxd_saelens as mxd
+from mxd_saelens.config import runner_config
+from mxd_saelens.runner import PairedTrainingRunner
+from mxd_saelens.trainer import TrainingInterrupted
+from tests.helpers import wandb_history
+
+D, H, LAYER = 32, 128, 1
+HOOK_IN, HOOK_OUT = f"blocks.{LAYER}.ln2.hook_normalized", f"blocks.{LAYER}.hook_mlp_out"
+SMALL_RUN = {
+    "model_name": "tiny-test",
+    "context_size": 32,
+    "train_batch_size_tokens": 256,
+    "store_batch_size_prompts": 8,
+    "n_batches_in_buffer": 8,
+    "n_eval_batches": 1,
+    "eval_batch_size_prompts": 4,
+    "verbose": False,
+}
+
+LAYER_FIELDS = {
+    "mxd": {"n_experts": 256, "k": 8, "d_hidden": H, "activation": "gelu_tanh", "lr": 3e-3},
+    "topk_transcoder": {"d_sae": 512, "k": 8, "lr": 3e-3},
+    "topk_skip_transcoder": {"d_sae": 512, "k": 8, "lr": 3e-3},
+    "transcoder": {"d_sae": 512, "l1_coefficient": 1e-4, "lr": 3e-3},
+    "skip_transcoder": {"d_sae": 512, "l1_coefficient": 1e-4, "lr": 3e-3},
+}
+
+
+def held_out_pairs(model, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    _, cache = model.run_with_cache(tokens, names_filter=[HOOK_IN, HOOK_OUT])
+    keep = tokens != model.tokenizer.bos_token_id
+    return cache[HOOK_IN][keep], cache[HOOK_OUT][keep]
+
+
+@torch.no_grad()
+def nmse(layer, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float(((layer(x) - y) ** 2).sum() / (y**2).sum())
+
+
+@pytest.mark.parametrize("architecture", list(LAYER_FIELDS))
+def test_each_architecture_trains_through_the_runner(
+    architecture, tiny_model, text_dataset, heldout_tokens, tmp_path
+):
+    cfg = runner_config(
+        architecture,
+        hook_name=HOOK_IN,
+        d_in=D,
+        training_tokens=256 * 250,
+        log_to_wandb=False,
+        checkpoint_path=None,
+        output_path=str(tmp_path / "out"),
+        **LAYER_FIELDS[architecture],
+        **SMALL_RUN,
+    )
+    runner = PairedTrainingRunner(cfg, override_model=tiny_model, override_dataset=text_dataset)
+    x, y = held_out_pairs(tiny_model, heldout_tokens)
+    before = nmse(runner.sae.eval(), x, y)
+    runner.sae.train()
+    runner.run()
+
+    loaded = SAE.load_from_disk(tmp_path / "out")
+    after = nmse(loaded, x, y)
+    assert after < 0.5 * before, (before, after)
+    constant = float(((y - y.mean(0)) ** 2).sum() / (y**2).sum())  # the mean predictor
+    if architecture == "mxd":
+        assert after < 0.5 * constant, (after, constant)
+
+    cfg_json = json.loads((tmp_path / "out" / "cfg.json").read_text())
+    assert cfg_json["architecture"] == architecture
+    assert cfg_json["metadata"]["hook_name"] == HOOK_IN
+    assert cfg_json["metadata"]["hook_name_out"] == HOOK_OUT
+    assert load_file(tmp_path / "out" / "sparsity.safetensors")["sparsity"].shape == (
+        loaded.cfg.d_sae,
+    )
+    assert (tmp_path / "out" / "runner_cfg.json").exists()
+
+
+def test_paired_rows_stay_aligned_through_the_shuffle(tiny_model, text_dataset):
+    cfg = runner_config(
+        "mxd",
+        hook_name=HOOK_IN,
+        d_in=D,
+        n_experts=64,
+        k=4,
+        d_hidden=H,
+        training_tokens=10_000,
+        log_to_wandb=False,
+        checkpoint_path=None,
+        **SMALL_RUN,
+    )
+    runner = PairedTrainingRunner(cfg, override_model=tiny_model, override_dataset=text_dataset)
+    store = runner.activations_store
+    tokens = store.get_batch_tokens(4)
+    packed = store.get_activations(tokens)
+    _, cache = tiny_model.run_with_cache(tokens, names_filter=[HOOK_IN, HOOK_OUT])
+    torch.testing.assert_close(packed[..., :D], cache[HOOK_IN], rtol=0, atol=0)
+    torch.testing.assert_close(packed[..., D:], cache[HOOK_OUT], rtol=0, atol=0)
+
+    # after shuffling, every served row is the (x, y) of one token of the model's forward
+    batch = next(store)
+    assert batch.shape == (256, 2 * D)
+    x_rows = batch[:, :D]
+    # recompute y from x through the model's own MLP: the pair must agree exactly
+    mlp = tiny_model.blocks[LAYER].mlp
+    torch.testing.assert_close(mlp(x_rows[None])[0], batch[:, D:], rtol=1e-5, atol=1e-6)
+
+
+def _resumable_config(tmp_path: Path, name: str, **extra) -> LanguageModelSAERunnerConfig:
+    cfg = runner_config(
+        "mxd",
+        hook_name=HOOK_IN,
+        d_in=D,
+        n_experts=128,
+        k=4,
+        d_hidden=H,
+        lr=3e-3,
+        training_tokens=256 * 24,
+        log_to_wandb=False,
+        seed=7,
+        checkpoint_path=str(tmp_path / f"{name}_ckpt"),
+        output_path=str(tmp_path / name),
+        **SMALL_RUN,
+        **extra,
+    )
+    cfg.checkpoint_path = str(tmp_path / f"{name}_ckpt")  # no random suffix, to find it
+    return cfg
+
+
+def test_interrupted_and_resumed_run_equals_the_straight_run(tiny_model, text_dataset, tmp_path):
+    straight = PairedTrainingRunner(
+        _resumable_config(tmp_path, "straight"),
+        override_model=tiny_model,
+        override_dataset=text_dataset,
+    ).run()
+
+    # Ctrl-C at step 12: the trainer finishes the step, saves a checkpoint, and stops
+    calls = {"n": 0}
+
+    def interrupt_at_step_12(acts, hook):
+        calls["n"] += 1
+        if calls["n"] == 12:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    first = PairedTrainingRunner(
+        _resumable_config(tmp_path, "resumed"),
+        override_model=tiny_model,
+        override_dataset=text_dataset,
+    )
+    first.sae.hook_sae_input.add_hook(interrupt_at_step_12)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        first.run()
+    checkpoint = stopped.value.checkpoint
+    assert checkpoint is not None and (checkpoint / "sae_weights.safetensors").exists()
+    assert not (tmp_path / "resumed" / "cfg.json").exists()
+
+    resumed = PairedTrainingRunner(
+        _resumable_config(tmp_path, "resumed", resume_from_checkpoint=str(checkpoint)),
+        override_model=tiny_model,
+        override_dataset=text_dataset,
+    ).run()
+    for name, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_wandb_offline_logs_training_and_splice_metrics(tiny_model, text_dataset, tmp_path):
+    os.environ["WANDB_MODE"] = "offline"
+    os.environ["WANDB_DIR"] = str(tmp_path)
+    cfg = runner_config(
+        "mxd",
+        hook_name=HOOK_IN,
+        d_in=D,
+        n_experts=64,
+        k=4,
+        d_hidden=H,
+        training_tokens=256 * 8,
+        checkpoint_path=None,
+        output_path=None,
+        log_to_wandb=True,
+        wandb_log_frequency=2,
+        eval_every_n_wandb_logs=2,
+        wandb_project="mxd-test",
+        **SMALL_RUN,
+    )
+    PairedTrainingRunner(cfg, override_model=tiny_model, override_dataset=text_dataset).run()
+    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    rows = wandb_history(run_file)
+    logged = {key: value for row in rows for key, value in row.items()}
+    for key in (
+        "losses/mse_loss",
+        "metrics/l0",
+        "metrics/explained_variance",
+        "metrics/normalized_mse",
+        "sparsity/dead_fraction",
+        "eval/ce_clean",
+        "eval/ce_spliced",
+        "eval/delta_ce",
+        "eval/kl",
+    ):
+        assert key in logged, (key, sorted(logged))
+    assert logged["metrics/l0"] == pytest.approx(4.0)  # k experts fire per token
+    assert 0.0 <= logged["sparsity/dead_fraction"] <= 1.0
+    assert logged["eval/ce_spliced"] > 0 and logged["eval/ce_clean"] > 0
+
+
+def test_three_ways_to_configure_are_equivalent() -> None:
+    flat = runner_config(
+        "mxd",
+        model_name="gpt2",
+        hook_name="blocks.8.ln2.hook_normalized",
+        d_in=768,
+        n_experts=21490,
+        k=32,
+        d_hidden=3072,
+        lr=1e-4,
+        context_size=128,
+        wandb_project="p",
+        log_to_wandb=False,
+        checkpoint_path=None,
+    )
+    by_hand = LanguageModelSAERunnerConfig(
+        sae=mxd.MxDTrainingSAEConfig(d_in=768, n_experts=21490, k=32, d_hidden=3072),
+        model_name="gpt2",
+        hook_name="blocks.8.ln2.hook_normalized",
+        lr=1e-4,
+        context_size=128,
+        logger=LoggingConfig(wandb_project="p", log_to_wandb=False),
+        checkpoint_path=None,
+    )
+    from_dict = LanguageModelSAERunnerConfig.from_dict(
+        {**by_hand.to_dict(), "sae": {**by_hand.sae.to_dict(), "architecture": "mxd"}}
+    )
+    for cfg in (by_hand, from_dict):
+        assert cfg.sae.to_dict() == flat.sae.to_dict()
+        assert type(cfg.sae) is mxd.MxDTrainingSAEConfig
+        assert (cfg.model_name, cfg.hook_name, cfg.lr) == (flat.model_name, flat.hook_name, flat.lr)
+    with pytest.raises(ValueError, match=r"'n_expert' \(did you mean n_experts"):
+        runner_config("mxd", d_in=8, n_expert=10)
+    with pytest.raises(ValueError, match="unknown architecture 'moe'"):
+        runner_config("moe", d_in=8)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"hook_name": "blocks.1.ln2.hook_normalised"}, "is not a hook point of this model"),
+        (
+            {"hook_name": "blocks.5.ln2.hook_normalized"},
+            "layer 5 is out of range: this model has 2 blocks",
+        ),
+        ({"d_in": 48}, "set d_in=32 and d_out=32"),
+        (
+            {"normalize_activations": "layer_norm"},
+            "normalize_activations='layer_norm' is not supported",
+        ),
+    ],
+)
+def test_bad_input_fails_before_the_model_runs(fields, message, tiny_model, text_dataset):
+    base = {"hook_name": HOOK_IN, "d_in": D, "n_experts": 64, "k": 4, "d_hidden": H}
+    cfg = runner_config(
+        "mxd",
+        **{**base, **fields},
+        training_tokens=1000,
+        log_to_wandb=False,
+        checkpoint_path=None,
+        **SMALL_RUN,
+    )
+    forwards = {"n": 0}
+    tiny_model.hook_dict["hook_embed"].add_hook(
+        lambda acts, hook: forwards.update(n=forwards["n"] + 1)
+    )
+    try:
+        with pytest.raises(ValueError, match=message):
+            PairedTrainingRunner(cfg, override_model=tiny_model, override_dataset=text_dataset)
+    finally:
+        tiny_model.reset_hooks()
+    assert forwards["n"] == 0

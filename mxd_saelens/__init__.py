@@ -5,6 +5,7 @@ Importing the package registers ``mxd``, ``topk_transcoder`` and ``topk_skip_tra
 ``skip_transcoder`` in SAELens's registries.
 """
 
+from mxd_saelens.config import runner_config
 from mxd_saelens.params import matched_n_experts, parameter_count, transcoder_parameter_count
 from mxd_saelens.registration import register_architectures
 from mxd_saelens.saes import (
@@ -51,5 +52,6 @@ __all__ = [
     "matched_n_experts",
     "parameter_count",
     "register_architectures",
+    "runner_config",
     "transcoder_parameter_count",
 ]

@@ -93,7 +93,23 @@ def evaluate(args: Sequence[str]) -> None:
     print(f"wrote {json_path} and {html_path}")
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], None]] = {"train": train, "eval": evaluate}
+def demo(args: Sequence[str]) -> None:
+    from mxd_saelens.demo import DemoOptions, run_demo
+
+    parser = ArgumentParser(
+        prog="mxd-saelens demo",
+        description="Train, splice, compare and save an MxD and its matched transcoders on the "
+        "bundled model.",
+    )
+    parser.add_arguments(DemoOptions, dest="options")
+    run_demo(parser.parse_args(list(args)).options)
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], None]] = {
+    "demo": demo,
+    "train": train,
+    "eval": evaluate,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -289,3 +289,26 @@ def test_bad_input_fails_before_the_model_runs(fields, message, tiny_model, text
     finally:
         tiny_model.reset_hooks()
     assert forwards["n"] == 0
+
+
+def test_activation_scale_is_learned_on_both_sides_and_folded(
+    tiny_model, text_dataset, heldout_tokens, tmp_path
+):
+    cfg = runner_config(
+        "mxd",
+        hook_name=HOOK_IN,
+        training_tokens=256 * 150,
+        normalize_activations="expected_average_only_in",
+        n_batches_for_norm_estimate=4,
+        log_to_wandb=False,
+        checkpoint_path=None,
+        output_path=str(tmp_path / "out"),
+        d_in=D,
+        **LAYER_FIELDS["mxd"],
+        **SMALL_RUN,
+    )
+    PairedTrainingRunner(cfg, override_model=tiny_model, override_dataset=text_dataset).run()
+    loaded = SAE.load_from_disk(tmp_path / "out")
+    assert loaded.cfg.normalize_activations == "none"  # the scale lives in the weights now
+    x, y = held_out_pairs(tiny_model, heldout_tokens)
+    assert nmse(loaded, x, y) < 0.2

@@ -166,3 +166,16 @@ def test_registration_is_idempotent_and_respects_existing_names() -> None:
     script = "import importlib, mxd_saelens, mxd_saelens.registration as r; importlib.reload(r); r.register_architectures(); print('ok')"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+@pytest.mark.parametrize("architecture", list(TRAINING_LAYERS))
+def test_folding_the_activation_scale_maps_raw_activations_to_raw_activations(architecture):
+    """Trained on (s·x, s·y), folded, the layer computes f(s·x)/s from raw x."""
+    layer = randomize_(TRAINING_LAYERS[architecture](), seed=3, scale=0.3).eval()
+    x = torch.randn(16, I)
+    scale = 2.7
+    with torch.no_grad():
+        expected = layer(x * scale) / scale
+        layer.fold_activation_norm_scaling_factor(scale)
+        torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-5)
+    assert layer.cfg.normalize_activations == "none"

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from datasets import Dataset
 from sae_lens import SAE, LanguageModelSAERunnerConfig
 from sae_lens.config import LoggingConfig
 from safetensors.torch import load_file
 
 import mxd_saelens as mxd
+import mxd_saelens.hooks
 from mxd_saelens.config import runner_config
 from mxd_saelens.runner import PairedTrainingRunner
 from mxd_saelens.trainer import TrainingInterrupted
@@ -312,3 +314,64 @@ def test_activation_scale_is_learned_on_both_sides_and_folded(
     assert loaded.cfg.normalize_activations == "none"  # the scale lives in the weights now
     x, y = held_out_pairs(tiny_model, heldout_tokens)
     assert nmse(loaded, x, y) < 0.2
+
+
+def test_gated_model_trains_a_glu_mxd(tiny_gated_model, text_dataset, tmp_path):
+    hooks = mxd.hooks.resolve_mlp_hooks(tiny_gated_model, layer=LAYER)
+    assert hooks.hook_in == HOOK_IN  # RMSNorm models normalise into ln2 too
+    shape = mxd.hooks.mlp_shape(tiny_gated_model)
+    assert shape == {"d_hidden": H, "activation": "silu", "glu": True}
+    cfg = runner_config(
+        "mxd",
+        hook_name=HOOK_IN,
+        d_in=D,
+        n_experts=256,
+        k=8,
+        lr=3e-3,
+        **shape,
+        training_tokens=256 * 150,
+        log_to_wandb=False,
+        checkpoint_path=None,
+        output_path=str(tmp_path / "out"),
+        **SMALL_RUN,
+    )
+    runner = PairedTrainingRunner(
+        cfg, override_model=tiny_gated_model, override_dataset=text_dataset
+    )
+    tokens = runner.evaluator.tokens
+    x, y = held_out_pairs(tiny_gated_model, tokens)
+    before = nmse(runner.sae.eval(), x, y)
+    runner.sae.train()
+    runner.run()
+    loaded = SAE.load_from_disk(tmp_path / "out")
+    assert loaded.cfg.glu and nmse(loaded, x, y) < 0.5 * before
+
+
+def test_pretokenized_data_with_special_tokens_excluded(tiny_model, text_dataset):
+    tokens = tiny_model.to_tokens(" ".join(text_dataset["text"][:60]), prepend_bos=False)[0]
+    n = tokens.shape[0] // 31 * 31
+    rows = tokens[:n].reshape(-1, 31)
+    bos = torch.full((rows.shape[0], 1), tiny_model.tokenizer.bos_token_id)
+    pretokenized = Dataset.from_dict({"tokens": torch.cat([bos, rows], 1).tolist()})
+    cfg = runner_config(
+        "mxd",
+        hook_name=HOOK_IN,
+        d_in=D,
+        n_experts=64,
+        k=4,
+        d_hidden=H,
+        training_tokens=10_000,
+        log_to_wandb=False,
+        checkpoint_path=None,
+        exclude_special_tokens=True,
+        **SMALL_RUN,
+    )
+    runner = PairedTrainingRunner(cfg, override_model=tiny_model, override_dataset=pretokenized)
+    store = runner.activations_store
+    assert store.is_dataset_tokenized
+    batch = next(store)
+    assert batch.shape == (256, 2 * D)
+    # the BOS position's input (the same vector in every sequence) never reaches training
+    _, cache = tiny_model.run_with_cache(torch.cat([bos, rows], 1)[:1], names_filter=[HOOK_IN])
+    bos_x = cache[HOOK_IN][0, 0]
+    assert not torch.isclose(batch[:, :D], bos_x, atol=1e-6).all(-1).any()

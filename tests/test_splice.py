@@ -76,7 +76,10 @@ def test_clean_and_ablated_losses_match_independent_computations(tiny_model, hel
     assert metrics.kl > 0 and metrics.n_tokens == heldout_tokens.numel() - heldout_tokens.shape[0]
 
 
-@pytest.mark.parametrize("architecture", ["mxd", "topk_transcoder"])
+@pytest.mark.parametrize(
+    "architecture",
+    ["mxd", "topk_transcoder", "transcoder", "skip_transcoder", "jumprelu_transcoder"],
+)
 def test_splice_agrees_with_hooked_sae_transformer_to_the_last_digit(
     architecture, tiny_model, heldout_tokens
 ):

@@ -291,14 +291,13 @@ class MxDModule:
         return self.hook_sae_recons(self._combine(mixture, z))
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self._forward_output(self.process_sae_in(x))  # type: ignore[attr-defined]
         if self.use_error_term:
             raise ValueError(
                 "an MxD replaces an MLP, so its error term is (MLP output − MxD output); use "
                 "mxd_saelens.splice(..., use_error_term=True) or HookedSAETransformer.add_sae("
                 "..., use_error_term=True), which know the MLP's output."
             )
-        return self.hook_sae_output(out)
+        return self.hook_sae_output(self._forward_output(self.process_sae_in(x)))
 
     def forward_dense(self, x: Tensor) -> Tensor:
         """The plain formulation: dense gate, top-k scattered into a dense a, dense ``a @ C``."""

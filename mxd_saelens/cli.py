@@ -27,7 +27,7 @@ _PLACEHOLDER_SHAPE = {"mxd": {"d_in": 512, "n_experts": 1024}}
 
 def parse_train_args(args: Sequence[str]) -> tuple[LanguageModelSAERunnerConfig[Any], str | None]:
     """The runner config (and the optional output hook) from command-line flags."""
-    extra = argparse.ArgumentParser(add_help=False)
+    extra = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     extra.add_argument("--hook_name_out", default=None)
     known, rest = extra.parse_known_args(list(args))
     choices = {
@@ -105,10 +105,24 @@ def demo(args: Sequence[str]) -> None:
     run_demo(parser.parse_args(list(args)).options)
 
 
+def probe(args: Sequence[str]) -> None:
+    from mxd_saelens.research_cli import probe as run_probe
+
+    run_probe(args)
+
+
+def steer(args: Sequence[str]) -> None:
+    from mxd_saelens.research_cli import steer as run_steer
+
+    run_steer(args)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], None]] = {
     "demo": demo,
     "train": train,
     "eval": evaluate,
+    "probe": probe,
+    "steer": steer,
 }
 
 

@@ -279,3 +279,11 @@ def test_defaults_follow_the_paper() -> None:
     target_mean = torch.randn(I)
     layer.initialize_output_bias(target_mean)
     torch.testing.assert_close(layer.b_dec.detach(), target_mean)
+
+
+def test_encode_and_decode_work_in_inference_mode() -> None:
+    layer = make_mxd(training=False)
+    x = torch.randn(5, I, dtype=DT)
+    expected = layer(x)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer.decode(layer.encode(x)), expected)

@@ -59,6 +59,15 @@ class EncodingMemo:
     codes: TopKCodes | None
     hidden: Tensor | None = None
 
+    @classmethod
+    def of(cls, dense: Tensor, codes: TopKCodes | None) -> EncodingMemo:
+        # inference-mode tensors keep no version counter: without one an in-place edit could
+        # not be told apart, so such codes are always decoded densely
+        if dense.is_inference():
+            return cls(dense, -1, None)
+        return cls(dense, dense._version, codes)
+
     def codes_for(self, feature_acts: Tensor) -> TopKCodes | None:
-        unchanged = feature_acts is self.dense and feature_acts._version == self.version
-        return self.codes if unchanged else None
+        if self.codes is None or feature_acts is not self.dense:
+            return None
+        return self.codes if feature_acts._version == self.version else None

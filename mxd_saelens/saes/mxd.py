@@ -246,7 +246,7 @@ class MxDModule:
             self.hook_sae_acts_pre(pre)
         hooked = has_hooks(self.hook_sae_acts_post)
         dense = self.hook_sae_acts_post(densify(codes, self.cfg.n_experts))
-        return EncodingMemo(dense, dense._version, None if hooked else codes)
+        return EncodingMemo.of(dense, None if hooked else codes)
 
     def encode(self, x: Tensor) -> Tensor:
         """The expert coefficients a, dense ``[..., N]`` with k non-zeros per token."""

@@ -102,7 +102,7 @@ class TopKTranscoderForward:
             self.hook_sae_acts_pre(pre)
         hooked = has_hooks(self.hook_sae_acts_post)
         dense = self.hook_sae_acts_post(densify(codes, self.cfg.d_sae))
-        self._last_encoding = EncodingMemo(dense, dense._version, None if hooked else codes)
+        self._last_encoding = EncodingMemo.of(dense, None if hooked else codes)
         return dense
 
     def decode(self, feature_acts: Tensor) -> Tensor:

@@ -9,11 +9,13 @@ spliced into the model and evaluated on held-out text.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.common import write_result
 from mxd_saelens import zoo
 from mxd_saelens.demo import DemoOptions, train_layer
@@ -29,13 +31,15 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["tiny-gelu", "tiny-gated"])
     parser.add_argument("--ks", nargs="+", type=int, default=[8, 16, 32, 64])
     parser.add_argument("--tokens", type=int, default=1_000_000, help="training tokens per layer")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--batch_tokens", type=int, default=2048)
     parser.add_argument("--eval_sequences", type=int, default=64)
     parser.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES))
     parser.add_argument("--work_dir", default="benchmarks/results/frontier_layers")
     parser.add_argument("--out", default="benchmarks/results/frontier.json")
     opts = parser.parse_args()
+    torch.set_num_threads(opts.threads)
 
     results = {}
     for model_name in opts.models:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.common import write_result
 from mxd_saelens import MxD, MxDConfig, TopKTranscoder, TopKTranscoderConfig, zoo
 from mxd_saelens.demo import matched_layer_fields

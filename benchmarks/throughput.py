@@ -7,10 +7,13 @@ for the MxD and its parameter-matched TopK transcoder on a bundled model.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.common import write_result
 from mxd_saelens import zoo
 from mxd_saelens.config import runner_config

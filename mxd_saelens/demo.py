@@ -40,7 +40,8 @@ class DemoOptions:
     expansion: int = 32
     """Transcoder width as a multiple of d_model; the MxD is matched to it."""
     batch_tokens: int = 2048
-    lr: float = 1e-3
+    lr: float = 1e-2
+    """Adam learning rate; the paper's 1e-4 is for 480M tokens, short runs need more."""
     context_size: int = 128
     eval_sequences: int = 48
     architectures: tuple[str, ...] = ("mxd", "topk_transcoder", "topk_skip_transcoder")

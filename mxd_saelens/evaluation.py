@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookedRootModule, HookPoint
 
@@ -236,7 +237,7 @@ def evaluate_layers(
     from mxd_saelens.splice import hooks_of
 
     rows = []
-    for name, layer in layers.items():
+    for name, layer in tqdm(layers.items(), desc="Splice evaluation", unit="layer"):
         metrics = evaluate_splice(
             model, SplicedLayer(layer, hooks_of(model, layer)), tokens, batch_size=batch_size
         )

@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 from transformer_lens.hook_points import HookedRootModule, HookPoint
 
 from mxd_saelens.hooks import MLPHooks

@@ -153,9 +153,12 @@ class PairedActivationsStore(ActivationsStore):
 
     def get_data_loader(self) -> ShuffleBuffer:  # type: ignore[override]
         activations = self._iterate_filtered_activations()
+        # n_batches_in_buffer store batches (of store_batch_size_prompts sequences) are pooled
+        # and shuffled together before any batch is served
+        rows_per_store_batch = self.store_batch_size_prompts * self.training_context_size
         self._buffer = ShuffleBuffer(
             refill=lambda: next(activations),
-            buffer_rows=self.n_batches_in_buffer * self.training_context_size,
+            buffer_rows=self.n_batches_in_buffer * rows_per_store_batch,
             batch_rows=self.train_batch_size_tokens,
             mix_fraction=self.activations_mixing_fraction,
             seed=self.shuffle_seed,

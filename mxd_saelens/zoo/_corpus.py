@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 import zlib
 from pathlib import Path
 from typing import Literal
@@ -16,9 +17,18 @@ COLUMNS = ("text", "natural_language", "programming_language", "source_kind", "s
 Split = Literal["train", "heldout"]
 
 
-def load_corpus(split: Split = "train", data_root: str | Path | None = None) -> Dataset:
+def load_corpus(
+    split: Split = "train",
+    data_root: str | Path | None = None,
+    shuffle: bool = True,
+    seed: int = 0,
+) -> Dataset:
     """Documents of one split with columns ``text``, ``natural_language``,
-    ``programming_language``, ``source_kind`` and ``source``."""
+    ``programming_language``, ``source_kind`` and ``source``.
+
+    The snapshot stores documents grouped by source; by default they come back in a fixed,
+    seeded shuffle, so that any prefix of the stream (a short training run, the first
+    held-out sequences) mixes every kind of text. ``shuffle=False`` gives the file order."""
     if split not in ("train", "heldout"):
         raise ValueError(f"unknown corpus split {split!r}; valid splits: train, heldout")
     path = require(data_dir(data_root) / "corpus" / f"{split}.jsonl.gz", BUILD_CORPUS_CMD)
@@ -33,4 +43,7 @@ def load_corpus(split: Split = "train", data_root: str | Path | None = None) -> 
         raise ZooFileError(
             path, f"corrupt corpus file ({type(e).__name__}: {e})", BUILD_CORPUS_CMD
         ) from e
+    if shuffle:
+        order = random.Random(seed).sample(range(len(cols["text"])), len(cols["text"]))
+        cols = {c: [values[i] for i in order] for c, values in cols.items()}
     return Dataset.from_dict(cols)

@@ -43,7 +43,8 @@ def split_pair(batch: Tensor, d_in: int, d_out: int) -> tuple[Tensor, Tensor]:
             "mxd_saelens.PairedTrainingRunner (its store packs the pairs), or pass "
             "torch.cat([x, y], dim=-1) yourself."
         )
-    if not torch.isfinite(batch).all():
+    # one reduction first (cheap); the elementwise check only if the sum is not finite
+    if not torch.isfinite(batch.sum()) and not torch.isfinite(batch).all():
         raise ValueError(
             "the training batch contains NaN or infinite activations; check the model's dtype "
             "(float16 overflow is the usual cause) or the activation normalisation settings."

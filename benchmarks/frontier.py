@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["tiny-gelu", "tiny-gated"])
     parser.add_argument("--ks", nargs="+", type=int, default=[8, 16, 32, 64])
     parser.add_argument("--tokens", type=int, default=1_000_000, help="training tokens per layer")
-    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--batch_tokens", type=int, default=2048)
     parser.add_argument("--eval_sequences", type=int, default=64)

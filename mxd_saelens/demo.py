@@ -56,7 +56,11 @@ def matched_layer_fields(model: Any, architecture: str, k: int, expansion: int) 
     d_sae = expansion * d
     if architecture == "mxd":
         shape = mlp_shape(model)
-        return {"n_experts": matched_n_experts(d, d, shape["d_hidden"], d_sae), "k": k, **shape}
+        n_experts = matched_n_experts(d, d, shape["d_hidden"], d_sae)
+        if shape["glu"]:
+            # the GLU's second encoder (E_glu, b_glu) is paid for with experts
+            n_experts -= round((d * shape["d_hidden"] + shape["d_hidden"]) / (2 * d + 1))
+        return {"n_experts": n_experts, "k": k, **shape}
     if architecture == "topk_skip_transcoder":
         # the skip matrix costs d·d parameters: give them back from the dictionary
         return {"d_sae": d_sae - round(d * d / (2 * d + 1)), "k": k}

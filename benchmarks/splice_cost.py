@@ -52,6 +52,7 @@ def main() -> None:
     _, cache = model.run_with_cache(tokens, names_filter=[hooks.hook_in])
     mlp_in = cache[hooks.hook_in]
     d = hooks.d_in
+    results: dict[str, dict[str, float]] = {}
     layers = {
         "mxd": MxD(MxDConfig(d_in=d, **matched_layer_fields(model, "mxd", opts.k, 32))),
         "topk_transcoder": TopKTranscoder(
@@ -60,18 +61,25 @@ def main() -> None:
             )
         ),
     }
-    clean = median_ms(lambda: model(tokens), opts.repeats)
-    results = {"clean_forward_ms": round(clean, 2)}
     for name, layer in layers.items():
         layer.eval()
-        alone = median_ms(lambda layer=layer: layer(mlp_in), opts.repeats)
 
         def spliced(layer=layer) -> None:
             with splice(model, SplicedLayer(layer, hooks)):
                 model(tokens)
 
-        total = median_ms(spliced, opts.repeats)
+        # clean and spliced forwards alternate, so drift in the machine's speed hits both alike
+        clean_ms, spliced_ms = [], []
+        for _ in range(3):
+            model(tokens)
+            spliced()
+        for _ in range(opts.repeats):
+            clean_ms.append(median_ms(lambda: model(tokens), 1))
+            spliced_ms.append(median_ms(spliced, 1))
+        clean, total = statistics.median(clean_ms), statistics.median(spliced_ms)
+        alone = median_ms(lambda layer=layer: layer(mlp_in), opts.repeats)
         results[name] = {
+            "clean_forward_ms": round(clean, 2),
             "spliced_forward_ms": round(total, 2),
             "layer_alone_ms": round(alone, 2),
             "splice_overhead_ms": round(total - clean, 2),

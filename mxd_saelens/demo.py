@@ -33,8 +33,8 @@ class DemoOptions:
     """A bundled model (see mxd_saelens.zoo.list_models())."""
     layer: int | None = None
     """The MLP to replace; default: the model's default layer."""
-    training_tokens: int = 1_000_000
-    """Tokens per layer."""
+    training_tokens: int = 2_000_000
+    """Tokens per layer (at 500k the MxD still trails the transcoders; by 2M it leads)."""
     k: int = 32
     """Active experts (MxD) or latents (transcoders) per token."""
     expansion: int = 32

@@ -90,6 +90,7 @@ def train_layer(
         checkpoint_path=None,
         output_path=str(out_dir / architecture),
         exclude_special_tokens=True,
+        model_from_pretrained_kwargs={},  # a bundled model: no loading options to record
         verbose=False,
         **matched_layer_fields(model, architecture, options.k, options.expansion),
     )

@@ -31,8 +31,6 @@ import torch.nn.functional as F
 from sae_lens.saes.sae import (
     SAE,
     SAEConfig,
-    TrainCoefficientConfig,
-    TrainingSAE,
     TrainingSAEConfig,
     TrainStepInput,
     TrainStepOutput,
@@ -58,6 +56,7 @@ from mxd_saelens.saes.common import (
 from mxd_saelens.saes.paired import (
     LayerOutput,
     PairedTrainingFields,
+    PairedTrainingSAE,
     paired_training_forward_pass,
 )
 
@@ -374,7 +373,7 @@ class _UnitNormTangentGrad(torch.autograd.Function):
         return grad - (grad * unit).sum(dim=-1, keepdim=True) * unit
 
 
-class MxDTrainingSAE(MxDModule, TrainingSAE[MxDTrainingSAEConfig]):
+class MxDTrainingSAE(MxDModule, PairedTrainingSAE):
     """Training MxD layer, trained on packed ``[mlp_in ‖ mlp_out]`` rows.
 
     Each step first renormalises the expert vectors (the previous optimiser step may have moved
@@ -396,15 +395,6 @@ class MxDTrainingSAE(MxDModule, TrainingSAE[MxDTrainingSAEConfig]):
     def normalize_experts(self) -> None:
         """Put every expert vector c_n back on the unit sphere."""
         self.W_experts.div_(self.W_experts.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-
-    @torch.no_grad()
-    def initialize_output_bias(self, target_mean: Tensor) -> None:
-        """Start the output bias at the mean of the training targets."""
-        if target_mean.shape != self.b_dec.shape:
-            raise ValueError(
-                f"target mean has shape {tuple(target_mean.shape)}, expected ({self.cfg.d_out},)."
-            )
-        self.b_dec.copy_(target_mean.to(self.b_dec))
 
     def training_layer_output(self, x: Tensor) -> LayerOutput:
         x = self.process_sae_in(x)
@@ -429,17 +419,3 @@ class MxDTrainingSAE(MxDModule, TrainingSAE[MxDTrainingSAEConfig]):
         x = self.process_sae_in(x)
         codes, pre = self.gate(x)
         return densify(codes, self.cfg.n_experts), pre
-
-    @override
-    def calculate_aux_loss(
-        self,
-        step_input: TrainStepInput,
-        feature_acts: Tensor,
-        hidden_pre: Tensor,
-        sae_out: Tensor,
-    ) -> dict[str, Tensor]:
-        return {}
-
-    @override
-    def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
-        return {}

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
+from sae_lens.saes.sae import TrainCoefficientConfig, TrainingSAE, TrainStepInput, TrainStepOutput
 from torch import Tensor
 
 LossKind = Literal["normalized_mse", "mse"]
@@ -107,3 +107,30 @@ def paired_training_forward_pass(
         losses=losses,
         metrics={"normalized_mse": lambda: normalized_mse(result.output.detach(), y)},
     )
+
+
+class PairedTrainingSAE(TrainingSAE[Any]):
+    """What every paired training class shares with SAELens's ``TrainingSAE`` contract: no
+    auxiliary loss or coefficients unless a subclass adds them, and the output bias started at
+    the mean target. The math lives in each architecture's own class."""
+
+    @torch.no_grad()
+    def initialize_output_bias(self, target_mean: Tensor) -> None:
+        """Start the output bias at the mean of the training targets."""
+        if target_mean.shape != self.b_dec.shape:
+            raise ValueError(
+                f"target mean has shape {tuple(target_mean.shape)}, expected ({self.cfg.d_out},)."
+            )
+        self.b_dec.copy_(target_mean.to(self.b_dec))
+
+    def calculate_aux_loss(
+        self,
+        step_input: TrainStepInput,
+        feature_acts: Tensor,
+        hidden_pre: Tensor,
+        sae_out: Tensor,
+    ) -> dict[str, Tensor]:
+        return {}
+
+    def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        return {}

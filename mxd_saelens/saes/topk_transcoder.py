@@ -14,8 +14,6 @@ from typing import Any
 
 import torch
 from sae_lens.saes.sae import (
-    TrainCoefficientConfig,
-    TrainingSAE,
     TrainingSAEConfig,
     TrainStepInput,
     TrainStepOutput,
@@ -35,6 +33,7 @@ from mxd_saelens.saes.common import (
 from mxd_saelens.saes.paired import (
     LayerOutput,
     PairedTrainingFields,
+    PairedTrainingSAE,
     paired_training_forward_pass,
 )
 
@@ -211,7 +210,7 @@ def init_transcoder_weights(sae: Any, zero_decoder: bool) -> None:
     sae.b_dec = nn.Parameter(torch.zeros(cfg.d_out, **kw))
 
 
-class PairedTrainingTranscoder(TrainingSAE[Any]):
+class PairedTrainingTranscoder(PairedTrainingSAE):
     """What the training transcoders share: packed-row training, output-bias init, no input bias."""
 
     @override
@@ -226,15 +225,6 @@ class PairedTrainingTranscoder(TrainingSAE[Any]):
     @override
     def decode(self, feature_acts: Tensor) -> Tensor:
         return self.hook_sae_recons(feature_acts @ self.W_dec + self.b_dec)
-
-    @torch.no_grad()
-    def initialize_output_bias(self, target_mean: Tensor) -> None:
-        """Start the output bias at the mean of the training targets."""
-        if target_mean.shape != self.b_dec.shape:
-            raise ValueError(
-                f"target mean has shape {tuple(target_mean.shape)}, expected ({self.cfg.d_out},)."
-            )
-        self.b_dec.copy_(target_mean.to(self.b_dec))
 
     def training_layer_output(self, x: Tensor) -> LayerOutput:
         raise NotImplementedError
@@ -252,20 +242,6 @@ class PairedTrainingTranscoder(TrainingSAE[Any]):
             self.training_layer_output,
             self.extra_losses,
         )
-
-    @override
-    def calculate_aux_loss(
-        self,
-        step_input: TrainStepInput,
-        feature_acts: Tensor,
-        hidden_pre: Tensor,
-        sae_out: Tensor,
-    ) -> dict[str, Tensor]:
-        return {}
-
-    @override
-    def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
-        return {}
 
     @override
     def fold_W_dec_norm(self) -> None:

@@ -1,17 +1,22 @@
 """Paired (MLP input, MLP output) activations on SAELens's ``ActivationsStore``.
 
 One model forward per batch, stopped after block L, captures both hooks; each token becomes a
-packed row ``[x ‖ y]`` so that shuffling can never separate an input from its target. All of
+packed row ``[x ‖ y]`` so that shuffling can never separate an input from its target. Several
+hook pairs (layers in different blocks, or different hooks) ride the same forward: the row is
+then ``[x₁ ‖ y₁ ‖ x₂ ‖ y₂ …]``, one segment per pair, stopped after the last block. All of
 SAELens's store options (context size, prompts per batch, BOS handling, special-token
 exclusion, sequence slicing, dtypes, devices, raw or pretokenized datasets) apply unchanged.
 
 The shuffle buffer is this module's own so that its contents and random state go into
-checkpoints: a resumed run sees exactly the batches the uninterrupted run would have seen.
+checkpoints: a resumed run sees exactly the batches the uninterrupted run would have seen. It
+pools at least ``MIN_SHUFFLE_TOKENS`` tokens (about 60 documents of the bundled corpus; all the
+training tokens when a run is shorter) before serving, whatever ``n_batches_in_buffer`` says: a layer trained on batches drawn from a few
+documents at a time sees correlated, slowly drifting data and learns markedly worse.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,7 @@ from transformer_lens.hook_points import HookedRootModule
 from mxd_saelens.hooks import MLPHooks
 
 PAIRED_STATE_FILENAME = "paired_activations_state.safetensors"
+MIN_SHUFFLE_TOKENS = 2**17
 
 
 class ShuffleBuffer:
@@ -85,10 +91,22 @@ class ShuffleBuffer:
         self.serving = state.get("serving")
 
 
+def pair_columns(pairs: Sequence[MLPHooks]) -> list[slice]:
+    """The columns of each pair's ``[x ‖ y]`` segment in a packed row."""
+    slices, start = [], 0
+    for pair in pairs:
+        slices.append(slice(start, start + pair.d_in + pair.d_out))
+        start += pair.d_in + pair.d_out
+    return slices
+
+
 class PairedActivationsStore(ActivationsStore):
-    """An ``ActivationsStore`` whose rows are ``[mlp_in ‖ mlp_out]`` of the same token."""
+    """An ``ActivationsStore`` whose rows are ``[mlp_in ‖ mlp_out]`` of the same token (one
+    segment per hook pair when several are trained from one forward)."""
 
     hooks: MLPHooks
+    pairs: list[MLPHooks]
+    min_shuffle_tokens: int = MIN_SHUFFLE_TOKENS
     n_sequences_served: int
     shuffle_seed: int
     _buffer: ShuffleBuffer | None
@@ -98,7 +116,7 @@ class PairedActivationsStore(ActivationsStore):
         cls,
         model: HookedRootModule,
         cfg: LanguageModelSAERunnerConfig[Any],
-        hooks: MLPHooks,
+        hooks: MLPHooks | Sequence[MLPHooks],
         override_dataset: Any = None,
     ) -> PairedActivationsStore:
         if cfg.use_cached_activations:
@@ -106,11 +124,15 @@ class PairedActivationsStore(ActivationsStore):
                 "cached activations hold a single hook; paired training needs the MLP's input "
                 "and output from the same forward. Set use_cached_activations=False."
             )
+        pairs = [hooks] if isinstance(hooks, MLPHooks) else list(hooks)
+        if not pairs:
+            raise ValueError("give at least one pair of MLP hooks.")
         store = cls.from_config(model, cfg, override_dataset=override_dataset)
         assert isinstance(store, PairedActivationsStore)
-        store.hooks = hooks
-        store.hook_name = hooks.hook_in
-        store.d_in = hooks.d_in + hooks.d_out  # the packed width, used to reshape batches
+        store.pairs = pairs
+        store.hooks = pairs[0]
+        store.hook_name = pairs[0].hook_in
+        store.d_in = sum(p.d_in + p.d_out for p in pairs)  # the packed width
         store.n_sequences_served = 0
         store.shuffle_seed = cfg.seed
         store._buffer = None
@@ -120,7 +142,14 @@ class PairedActivationsStore(ActivationsStore):
     def get_paired_activations(
         self, batch_tokens: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mlp_in, mlp_out) for every token: ``[batch, context, d_in]`` and ``[…, d_out]``."""
+        """(mlp_in, mlp_out) of the first pair: ``[batch, context, d_in]`` and ``[…, d_out]``."""
+        cache = self._capture(batch_tokens)
+        return cache[self.hooks.hook_in], cache[self.hooks.hook_out]
+
+    @torch.no_grad()
+    def _capture(self, batch_tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every hook of every pair, from one forward stopped after the last block needed."""
+        names = list(dict.fromkeys(n for p in self.pairs for n in (p.hook_in, p.hook_out)))
         with torch.autocast(
             device_type=_get_input_token_device(self.model).type,
             dtype=torch.bfloat16,
@@ -128,18 +157,19 @@ class PairedActivationsStore(ActivationsStore):
         ):
             _, cache = self.model.run_with_cache(
                 batch_tokens,
-                names_filter=[self.hooks.hook_in, self.hooks.hook_out],
-                stop_at_layer=self.hooks.layer + 1,
+                names_filter=names,
+                stop_at_layer=max(p.layer for p in self.pairs) + 1,
                 prepend_bos=False,
                 **self.model_kwargs,
             )
         sliced = slice(*self.seqpos_slice)
-        return cache[self.hooks.hook_in][:, sliced], cache[self.hooks.hook_out][:, sliced]
+        return {name: cache[name][:, sliced] for name in names}
 
     @torch.no_grad()
     def get_activations(self, batch_tokens: torch.Tensor) -> torch.Tensor:
-        x, y = self.get_paired_activations(batch_tokens)
-        return torch.cat([x, y], dim=-1).to(self.device, self.dtype)
+        cache = self._capture(batch_tokens)
+        parts = [cache[n] for p in self.pairs for n in (p.hook_in, p.hook_out)]
+        return torch.cat(parts, dim=-1).to(self.device, self.dtype)
 
     def get_batch_tokens(
         self,
@@ -158,7 +188,10 @@ class PairedActivationsStore(ActivationsStore):
         rows_per_store_batch = self.store_batch_size_prompts * self.training_context_size
         self._buffer = ShuffleBuffer(
             refill=lambda: next(activations),
-            buffer_rows=self.n_batches_in_buffer * rows_per_store_batch,
+            buffer_rows=max(
+                self.n_batches_in_buffer * rows_per_store_batch,
+                min(self.min_shuffle_tokens, self.total_training_tokens),
+            ),
             batch_rows=self.train_batch_size_tokens,
             mix_fraction=self.activations_mixing_fraction,
             seed=self.shuffle_seed,

@@ -25,10 +25,22 @@ import mxd_saelens  # noqa: F401  (registers the architectures)
 _PLACEHOLDER_SHAPE = {"mxd": {"d_in": 512, "n_experts": 1024}}
 
 
-def parse_train_args(args: Sequence[str]) -> tuple[LanguageModelSAERunnerConfig[Any], str | None]:
-    """The runner config (and the optional output hook) from command-line flags."""
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+
+
+def parse_train_args(
+    args: Sequence[str],
+) -> tuple[LanguageModelSAERunnerConfig[Any], str | None, bool]:
+    """The runner config, the optional output hook and whether to check the hook pair against
+    the model's MLP, from command-line flags."""
     extra = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     extra.add_argument("--hook_name_out", default=None)
+    extra.add_argument("--check_mlp_hooks", type=_bool, default=True)
     known, rest = extra.parse_known_args(list(args))
     choices = {
         name: partial(config_class, **_PLACEHOLDER_SHAPE.get(name, {"d_in": 512, "d_sae": 1024}))
@@ -41,19 +53,20 @@ def parse_train_args(args: Sequence[str]) -> tuple[LanguageModelSAERunnerConfig[
     )
     parser = ArgumentParser(
         prog="mxd-saelens train",
-        description="Train a layer that replaces a TransformerLens model's MLP. Extra flag: "
-        "--hook_name_out (default: blocks.L.hook_mlp_out of the input hook's block).",
+        description="Train a layer that replaces a TransformerLens model's MLP. Extra flags: "
+        "--hook_name_out (default: blocks.L.hook_mlp_out of the input hook's block); "
+        "--check_mlp_hooks False to train on a hook pair the model's own MLP does not connect.",
     )
     parser.add_arguments(cli_class, dest="cfg")
     cfg = parser.parse_args(rest or ["--help"]).cfg
-    return cfg, known.hook_name_out
+    return cfg, known.hook_name_out, known.check_mlp_hooks
 
 
 def train(args: Sequence[str]) -> None:
     from mxd_saelens.runner import PairedTrainingRunner
 
-    cfg, hook_name_out = parse_train_args(args)
-    PairedTrainingRunner(cfg, hook_name_out=hook_name_out).run()
+    cfg, hook_name_out, check_mlp_hooks = parse_train_args(args)
+    PairedTrainingRunner(cfg, hook_name_out=hook_name_out, check_mlp_hooks=check_mlp_hooks).run()
     if cfg.output_path:
         print(f"saved to {cfg.output_path}")
 

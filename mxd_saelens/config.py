@@ -17,7 +17,7 @@ from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
 
 # fields that both the runner and the layer have: the value goes to both
 _SHARED = {"dtype", "device"}
-_EXTRA = {"layer", "hook_name_out"}
+_EXTRA = {"layer", "hook_name_out", "check_mlp_hooks"}
 
 
 def training_config_class(architecture: str) -> type:
@@ -38,7 +38,9 @@ def runner_config(architecture: str, **values: Any) -> LanguageModelSAERunnerCon
 
     ``layer=L`` fills ``hook_name`` with ``blocks.L.ln2.hook_normalized`` (the MLP's input in
     LayerNorm and RMSNorm models) when no hook name is given; ``hook_name_out`` records the
-    target hook in the layer's metadata (default ``blocks.L.hook_mlp_out``).
+    target hook in the layer's metadata (default ``blocks.L.hook_mlp_out``);
+    ``check_mlp_hooks=False`` lets the runner train on a pair of hooks that the model's own MLP
+    does not connect (recorded in the metadata too).
     """
     sae_cls = training_config_class(architecture)
     sae_names = _field_names(sae_cls) - {"metadata"}
@@ -55,6 +57,7 @@ def runner_config(architecture: str, **values: Any) -> LanguageModelSAERunnerCon
 
     layer = values.pop("layer", None)
     hook_name_out = values.pop("hook_name_out", None)
+    check_mlp_hooks = values.pop("check_mlp_hooks", None)
     if layer is not None:
         values.setdefault("hook_name", f"blocks.{layer}.ln2.hook_normalized")
         hook_name_out = hook_name_out or f"blocks.{layer}.hook_mlp_out"
@@ -71,6 +74,8 @@ def runner_config(architecture: str, **values: Any) -> LanguageModelSAERunnerCon
     sae_cfg = sae_cls(**sae_values)
     if hook_name_out is not None:
         sae_cfg.metadata.hook_name_out = hook_name_out
+    if check_mlp_hooks is not None:
+        sae_cfg.metadata.check_mlp_hooks = bool(check_mlp_hooks)
     return LanguageModelSAERunnerConfig(
         sae=sae_cfg, logger=LoggingConfig(**logger_values), **runner_values
     )

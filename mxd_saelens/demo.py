@@ -1,8 +1,9 @@
 """The whole product on the bundled default, in minutes on a CPU.
 
 Trains an MxD and the parameter-matched TopK transcoder and TopK skip transcoder on one MLP of
-a bundled model, splices each into the model on held-out text, prints a table, writes JSON and
-an HTML frontier report, saves every layer in SAELens's format and loads one back with
+a bundled model, all three from one shared model forward, splices each into the model on the
+whole held-out split, prints a table with standard errors and the paired comparison, writes JSON
+and an HTML frontier report, saves every layer in SAELens's format and loads them back with
 ``SAE.load_from_disk``.
 """
 
@@ -21,9 +22,9 @@ from mxd_saelens import zoo
 from mxd_saelens.config import runner_config
 from mxd_saelens.evaluation import evaluate_layers
 from mxd_saelens.hooks import mlp_shape, resolve_mlp_hooks
+from mxd_saelens.multi_runner import MultiPairedTrainingRunner
 from mxd_saelens.params import matched_n_experts
 from mxd_saelens.report import format_table, write_report
-from mxd_saelens.runner import PairedTrainingRunner
 from mxd_saelens.tokens import token_sequences
 
 
@@ -33,18 +34,22 @@ class DemoOptions:
     """A bundled model (see mxd_saelens.zoo.list_models())."""
     layer: int | None = None
     """The MLP to replace; default: the model's default layer."""
-    training_tokens: int = 2_000_000
-    """Tokens per layer (at 500k the MxD still trails the transcoders; by 2M it leads)."""
+    training_tokens: int = 4_000_000
+    """Tokens per layer (the MxD starts from D = 0 and trails the transcoders for the first
+    million tokens or so; by 4M it is well ahead)."""
     k: int = 32
     """Active experts (MxD) or latents (transcoders) per token."""
     expansion: int = 32
     """Transcoder width as a multiple of d_model; the MxD is matched to it."""
     batch_tokens: int = 2048
     lr: float = 3e-3
-    """Adam learning rate; the paper's 1e-4 is for 480M tokens, short runs need more (3e-3
-    beat 1e-3 and 1e-2 for both the MxD and the TopK transcoder at 500k tokens)."""
+    """Adam learning rate, constant after a warm-up over the first 5 % of steps; the paper's
+    1e-4 is for 480M tokens, short runs need more (benchmarks/results/lr_sweep.json)."""
     context_size: int = 128
-    eval_sequences: int = 48
+    eval_sequences: int | None = None
+    """Held-out sequences to evaluate on; default: the whole held-out split (~2,400)."""
+    shuffle_tokens: int = 131_072
+    """Tokens pooled in the shuffle buffer (about 60 documents of the bundled corpus)."""
     architectures: tuple[str, ...] = ("mxd", "topk_transcoder", "topk_skip_transcoder")
     out_dir: str = "demo_output"
     seed: int = 42
@@ -67,37 +72,57 @@ def matched_layer_fields(model: Any, architecture: str, k: int, expansion: int) 
     return {"d_sae": d_sae, "k": k}
 
 
-def train_layer(
-    model: Any, architecture: str, options: DemoOptions, layer: int, out_dir: Path
-) -> nn.Module:
+def layer_config(
+    model: Any,
+    architecture: str,
+    options: DemoOptions,
+    layer: int,
+    output_path: str | None,
+    **overrides: Any,
+) -> Any:
+    """The runner config of one matched layer; ``overrides`` set any field (k, lr …)."""
     hooks = resolve_mlp_hooks(model, layer=layer)
-    cfg = runner_config(
-        architecture,
-        model_name=options.model,
-        hook_name=hooks.hook_in,
-        hook_name_out=hooks.hook_out,
-        d_in=hooks.d_in,
-        d_out=hooks.d_out,
-        context_size=options.context_size,
-        training_tokens=options.training_tokens,
-        train_batch_size_tokens=options.batch_tokens,
-        store_batch_size_prompts=max(1, options.batch_tokens // options.context_size),
-        n_batches_in_buffer=8,
-        lr=options.lr,
-        lr_warm_up_steps=max(1, options.training_tokens // options.batch_tokens // 20),
-        seed=options.seed,
-        log_to_wandb=False,
-        checkpoint_path=None,
-        output_path=str(out_dir / architecture),
-        exclude_special_tokens=True,
-        model_from_pretrained_kwargs={},  # a bundled model: no loading options to record
-        verbose=False,
-        **matched_layer_fields(model, architecture, options.k, options.expansion),
+    store_prompts = max(1, options.batch_tokens // options.context_size)
+    fields = {
+        "model_name": options.model,
+        "hook_name": hooks.hook_in,
+        "hook_name_out": hooks.hook_out,
+        "d_in": hooks.d_in,
+        "d_out": hooks.d_out,
+        "context_size": options.context_size,
+        "training_tokens": options.training_tokens,
+        "train_batch_size_tokens": options.batch_tokens,
+        "store_batch_size_prompts": store_prompts,
+        "n_batches_in_buffer": max(
+            1, options.shuffle_tokens // (store_prompts * options.context_size)
+        ),
+        "lr": options.lr,
+        "lr_warm_up_steps": max(1, options.training_tokens // options.batch_tokens // 20),
+        "seed": options.seed,
+        "log_to_wandb": False,
+        "checkpoint_path": None,
+        "output_path": output_path,
+        # every position is trained on and spliced, BOS included
+        "exclude_special_tokens": False,
+        "model_from_pretrained_kwargs": {},  # a bundled model: no loading options to record
+        "verbose": False,
+        "n_eval_batches": 1,
+        **matched_layer_fields(
+            model, architecture, overrides.pop("k", options.k), options.expansion
+        ),
+    }
+    fields.update(overrides)
+    return runner_config(architecture, **fields)
+
+
+def train_layers(
+    model: Any, configs: dict[str, Any], **runner_options: Any
+) -> dict[str, nn.Module]:
+    """Train every configured layer from one shared forward over the bundled training split."""
+    runner = MultiPairedTrainingRunner(
+        configs, override_model=model, override_dataset=zoo.load_corpus("train"), **runner_options
     )
-    runner = PairedTrainingRunner(
-        cfg, override_model=model, override_dataset=zoo.load_corpus("train")
-    )
-    return runner.run().eval()
+    return {name: layer.eval() for name, layer in runner.run().items()}
 
 
 def run_demo(options: DemoOptions) -> list[dict[str, Any]]:
@@ -108,9 +133,12 @@ def run_demo(options: DemoOptions) -> list[dict[str, Any]]:
     layer = zoo.default_layer(options.model) if options.layer is None else options.layer
     print(f"model {options.model}, layer {layer}: {options.training_tokens:,} tokens per layer")
 
-    for architecture in options.architectures:
-        print(f"\n== training {architecture}")
-        train_layer(model, architecture, options, layer, out_dir)
+    print(f"training {', '.join(options.architectures)} from one shared forward")
+    configs = {
+        name: layer_config(model, name, options, layer, str(out_dir / name))
+        for name in options.architectures
+    }
+    train_layers(model, configs)
 
     # evaluate what was saved, loaded back through SAELens: the round trip is part of the demo
     loaded = {name: SAE.load_from_disk(out_dir / name) for name in options.architectures}
@@ -118,6 +146,7 @@ def run_demo(options: DemoOptions) -> list[dict[str, Any]]:
     heldout = token_sequences(
         model, zoo.load_corpus("heldout"), options.context_size, options.eval_sequences
     )
+    print(f"evaluating on {heldout.numel():,} held-out tokens ({heldout.shape[0]} sequences)")
     rows = evaluate_layers(model, loaded, heldout)
     print()
     print(format_table(rows))

@@ -3,6 +3,10 @@
 ``mlp_in`` is what the MLP's weights see: ``blocks.L.ln2.hook_normalized`` for LayerNorm and
 RMSNorm models (``blocks.L.hook_resid_mid`` when the block has no normalisation); ``mlp_out``
 is ``blocks.L.hook_mlp_out``. Explicit hook names override both.
+
+``hook_normalized`` is taken before the norm's weight and bias, so it is the MLP's input only in
+a model whose norms are folded (``HookedTransformer.from_pretrained``'s default, and how
+``zoo.load`` returns the bundled models); :func:`check_mlp_pair` verifies a pair on real data.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+from torch import Tensor
 from transformer_lens.hook_points import HookedRootModule
 
 _LAYER_PATTERN = re.compile(r"^blocks\.(\d+)\.")
@@ -132,3 +138,44 @@ def mlp_shape(model: HookedRootModule) -> dict[str, Any]:
         "activation": _ACTIVATIONS[act_fn],
         "glu": bool(getattr(cfg, "gated_mlp", False)),
     }
+
+
+class MLPHookMismatch(ValueError):
+    """The hook pair does not hold the MLP's input and output."""
+
+
+@torch.no_grad()
+def check_mlp_pair(
+    model: HookedRootModule, hooks: MLPHooks, x: Tensor, y: Tensor, rtol: float = 1e-3
+) -> float:
+    """Check that block L's own MLP maps the captured input ``x`` to the captured output ``y``
+    (``[..., d_in]`` and ``[..., d_out]``); return the relative error ‖mlp(x) − y‖ / ‖y‖.
+
+    Raises :class:`MLPHookMismatch`, naming both hooks and the fix, when it does not: the layer
+    would learn a map that is not the MLP's, and splicing it would not replace the MLP.
+    """
+    opt_out = (
+        "If you mean to train on this pair anyway, pass check_mlp_hooks=False "
+        "(PairedTrainingRunner / runner_config; --check_mlp_hooks False on the command line)."
+    )
+    expected_out = f"blocks.{hooks.layer}.hook_mlp_out"
+    blocks = getattr(model, "blocks", None)
+    if hooks.hook_out != expected_out or blocks is None or not hasattr(blocks[hooks.layer], "mlp"):
+        raise MLPHookMismatch(
+            f"cannot check that {hooks.hook_in!r} → {hooks.hook_out!r} is block {hooks.layer}'s "
+            f"MLP: the output hook is not {expected_out!r}. {opt_out}"
+        )
+    mlp = blocks[hooks.layer].mlp
+    y_mlp = mlp(x.to(next(mlp.parameters()).dtype))
+    error = float((y_mlp.double() - y.double()).norm() / y.double().norm().clamp_min(1e-30))
+    if not error <= rtol:  # also catches NaN
+        raise MLPHookMismatch(
+            f"block {hooks.layer}'s MLP applied to {hooks.hook_in!r} does not reproduce "
+            f"{hooks.hook_out!r} (relative error {error:.2e} > {rtol:.0e}): the input hook is "
+            "not what the MLP's weights see. A norm's hook_normalized is taken before the "
+            "norm's weight and bias, so it is the MLP's input only when those are folded in: "
+            "load the model with fold_ln=True (HookedTransformer.from_pretrained's default; "
+            "model_from_pretrained_kwargs={'fold_ln': True}) or call "
+            "model.process_weights_(fold_ln=True) before training. " + opt_out
+        )
+    return error

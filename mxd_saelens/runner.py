@@ -6,13 +6,15 @@ user already writes; ``cfg.hook_name`` is the MLP's input hook and the output ho
 otherwise. What differs from SAELens's runner: a paired activation store, the output bias
 started at the mean target, splicing metrics on eval steps (SAELens's own eval reconstructs
 the input hook, which is wrong for a layer that predicts another hook), exact resumption, and
-Ctrl-C saving a checkpoint at a step boundary.
+Ctrl-C saving a checkpoint at a step boundary. Before any training, the model's own MLP is run on
+a few captured inputs and must reproduce the captured outputs (``check_mlp_hooks=False`` opts out
+for a pair of hooks that is meant not to be the MLP's).
 """
 
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +32,7 @@ from transformer_lens.hook_points import HookedRootModule
 
 from mxd_saelens.activations import PairedActivationsStore
 from mxd_saelens.evaluation import evaluate_splice, flatten_metrics
-from mxd_saelens.hooks import MLPHooks, resolve_mlp_hooks
+from mxd_saelens.hooks import MLPHooks, check_mlp_pair, resolve_mlp_hooks
 from mxd_saelens.sources import load_dataset_source, load_language_model
 from mxd_saelens.splice import SplicedLayer
 from mxd_saelens.trainer import PairedSAETrainer
@@ -104,6 +106,83 @@ def _check_widths(sae_cfg: TrainingSAEConfig, hooks: MLPHooks) -> None:
         )
 
 
+def wants_hook_check(cfg: LanguageModelSAERunnerConfig[Any], check: bool | None) -> bool:
+    """An explicit argument wins, then ``cfg.sae.metadata.check_mlp_hooks``; default on."""
+    if check is not None:
+        return check
+    recorded = getattr(cfg.sae.metadata, "check_mlp_hooks", None)  # unset metadata reads None
+    return True if recorded is None else bool(recorded)
+
+
+@torch.no_grad()
+def check_hook_pairs(
+    model: HookedRootModule, pairs: Sequence[MLPHooks], tokens: Tensor, autocast: bool = False
+) -> None:
+    """Run the model on ``tokens`` and check every pair against its block's own MLP."""
+    names = list(dict.fromkeys(n for p in pairs for n in (p.hook_in, p.hook_out)))
+    _, cache = model.run_with_cache(
+        tokens, names_filter=names, stop_at_layer=max(p.layer for p in pairs) + 1
+    )
+    for pair in pairs:
+        check_mlp_pair(
+            model, pair, cache[pair.hook_in], cache[pair.hook_out], rtol=5e-2 if autocast else 1e-3
+        )
+
+
+def set_layer_metadata(
+    sae: TrainingSAE[Any], cfg: LanguageModelSAERunnerConfig[Any], hooks: MLPHooks
+) -> None:
+    """What SAELens records about the data a layer was trained on, plus the output hook."""
+    metadata = sae.cfg.metadata
+    metadata.dataset_path = cfg.dataset_path
+    metadata.hook_name = hooks.hook_in
+    metadata.hook_name_out = hooks.hook_out
+    metadata.model_name = cfg.model_name
+    metadata.model_class_name = cfg.model_class_name
+    metadata.hook_head_index = cfg.hook_head_index
+    metadata.context_size = cfg.context_size
+    metadata.seqpos_slice = cfg.seqpos_slice
+    metadata.model_from_pretrained_kwargs = cfg.model_from_pretrained_kwargs
+    metadata.prepend_bos = cfg.prepend_bos
+    metadata.exclude_special_tokens = cfg.exclude_special_tokens
+    metadata.sequence_separator_token = cfg.sequence_separator_token
+    metadata.disable_concat_sequences = cfg.disable_concat_sequences
+
+
+@torch.no_grad()
+def initial_output_bias(targets: Iterator[Tensor], d_out: int, n_batches: int) -> Tensor:
+    """The mean target over ``n_batches`` batches of ``[batch, d_out]`` targets."""
+    total = torch.zeros(d_out, dtype=torch.float64)
+    count = 0
+    for _ in range(n_batches):
+        batch = next(targets)
+        total += batch.double().sum(0).cpu()
+        count += batch.shape[0]
+    return (total / count).float()
+
+
+def evaluation_tokens(
+    model: HookedRootModule, cfg: LanguageModelSAERunnerConfig[Any], dataset: Any
+) -> Tensor:
+    """A fixed set of sequences for eval steps and the hook check, read by a store of its own
+    so that evaluating never moves the training stream."""
+    store = ActivationsStore.from_config(model, cfg, override_dataset=dataset)
+    batch = cfg.eval_batch_size_prompts or cfg.store_batch_size_prompts
+    return torch.cat([store.get_batch_tokens(batch) for _ in range(cfg.n_eval_batches)])
+
+
+def build_training_layer(cfg: LanguageModelSAERunnerConfig[Any]) -> TrainingSAE[Any]:
+    """The training layer of ``cfg``, initialised from ``cfg.seed`` alone (so a layer's start
+    does not depend on what was built before it), on ``cfg.device``."""
+    if cfg.from_pretrained_path is not None:
+        sae = TrainingSAE.load_from_disk(cfg.from_pretrained_path, cfg.device)
+    else:
+        torch.manual_seed(cfg.seed)
+        sae_cfg = TrainingSAEConfig.from_dict(cfg.get_training_sae_cfg_dict())
+        sae = TrainingSAE.from_dict(sae_cfg.to_dict())
+    return sae.to(cfg.device)
+
+
 class PairedTrainingRunner(LanguageModelSAETrainingRunner):
     """SAELens's language-model runner for layers that replace an MLP."""
 
@@ -117,6 +196,7 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
         override_model: HookedRootModule | None = None,
         override_sae: TrainingSAE[Any] | None = None,
         hook_name_out: str | None = None,
+        check_mlp_hooks: bool | None = None,
     ):
         check_runner_config(cfg)
         self.cfg = cfg
@@ -135,37 +215,23 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
             hook_out=hook_name_out or cfg.sae.metadata.hook_name_out,
         )
         _check_widths(cfg.sae, self.hooks)
+        eval_tokens = evaluation_tokens(self.model, cfg, override_dataset)
+        if wants_hook_check(cfg, check_mlp_hooks):
+            check_hook_pairs(self.model, [self.hooks], eval_tokens[:4], cfg.autocast_lm)
         self._compile_llm_if_needed()
         self.activations_store = PairedActivationsStore.from_runner_config(
             self.model, cfg, self.hooks, override_dataset=override_dataset
         )
-        if override_sae is not None:
-            self.sae = override_sae
-        elif cfg.from_pretrained_path is not None:
-            self.sae = TrainingSAE.load_from_disk(cfg.from_pretrained_path, cfg.device)
-        else:
-            sae_cfg = TrainingSAEConfig.from_dict(cfg.get_training_sae_cfg_dict())
-            self.sae = TrainingSAE.from_dict(sae_cfg.to_dict())
-        self.sae.to(cfg.device)
+        self.sae = override_sae.to(cfg.device) if override_sae else build_training_layer(cfg)
         self.evaluator = SpliceEvaluator(  # type: ignore[assignment]
             model=self.model,
             hooks=self.hooks,
-            tokens=self._evaluation_tokens(override_dataset),
+            tokens=eval_tokens,
             batch_size=cfg.eval_batch_size_prompts or cfg.store_batch_size_prompts,
         )
 
-    def _evaluation_tokens(self, override_dataset: Any) -> Tensor:
-        """A fixed set of sequences for eval steps, read by a store of its own so that
-        evaluating never moves the training stream."""
-        store = ActivationsStore.from_config(
-            self.model, self.cfg, override_dataset=override_dataset
-        )
-        batch = self.cfg.eval_batch_size_prompts or self.cfg.store_batch_size_prompts
-        return torch.cat([store.get_batch_tokens(batch) for _ in range(self.cfg.n_eval_batches)])
-
     def _set_sae_metadata(self) -> None:
-        super()._set_sae_metadata()
-        self.sae.cfg.metadata.hook_name_out = self.hooks.hook_out
+        set_layer_metadata(self.sae, self.cfg, self.hooks)
 
     @torch.no_grad()
     def _initialize_from_data(self, trainer: PairedSAETrainer) -> None:
@@ -180,14 +246,9 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
         initialize = getattr(self.sae, "initialize_output_bias", None)
         if initialize is None:
             return
+        targets = (trainer.activation_scaler(batch)[:, self.hooks.d_in :] for batch in store)
         n_batches = max(1, min(8, self.cfg.n_batches_for_norm_estimate))
-        total = torch.zeros(self.hooks.d_out, dtype=torch.float64)
-        count = 0
-        for _ in range(n_batches):
-            targets = trainer.activation_scaler(next(store))[:, self.hooks.d_in :]
-            total += targets.double().sum(0).cpu()
-            count += targets.shape[0]
-        initialize((total / count).float())
+        initialize(initial_output_bias(targets, self.hooks.d_out, n_batches))
 
     def run(self) -> TrainingSAE[Any]:
         self._set_sae_metadata()

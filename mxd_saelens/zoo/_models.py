@@ -63,9 +63,18 @@ def _weights(name: str, root: Path) -> dict[str, torch.Tensor]:
 
 
 def load(
-    name: str = "tiny-gelu", device: str = "cpu", data_root: str | Path | None = None
+    name: str = "tiny-gelu",
+    device: str = "cpu",
+    data_root: str | Path | None = None,
+    fold_ln: bool = True,
 ) -> HookedTransformer:
-    """Load a bundled model, in eval mode, with its tokenizer attached."""
+    """Load a bundled model, in eval mode, with its tokenizer attached.
+
+    As ``HookedTransformer.from_pretrained`` does by default, the norms' weights and biases
+    are folded into the following linear maps (and the writing weights centred), so that
+    ``blocks.L.ln2.hook_normalized`` is exactly what the MLP's weights see; the logits are
+    unchanged. ``fold_ln=False`` keeps the weights as trained, with affine norms.
+    """
     check_name(name)
     root = data_dir(data_root)
     cfg = _config(name, root, device)
@@ -84,6 +93,8 @@ def load(
     bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
     if bad:
         raise ZooFileError(path, f"non-finite weights in {bad[:3]}", train_model_cmd(name))
+    if fold_ln:
+        model.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
     return model.to(device, print_details=False).eval()
 
 

@@ -78,7 +78,7 @@ def main() -> None:
     folders, train_seconds = trained_layers(opts, model, block)
     layers = {Path(f).name: load_layer(f) for f in folders}
     heldout = token_sequences(model, zoo.load_corpus("heldout"), 128, 32)
-    splice_rows = evaluate_layers(model, layers, heldout)
+    splice_rows = evaluate_layers(model, layers, heldout).rows
 
     sources: list[Any] = [LayerCodes(layer, name=name) for name, layer in layers.items()]
     sources.append(NeuronCodes.of(model, block))

@@ -76,6 +76,17 @@ def main() -> None:
         help="override the store's floor on the shuffle buffer (to measure weak mixing)",
     )
     parser.add_argument("--snapshots", nargs="*", type=int, default=[])
+    parser.add_argument("--checkpoint_path", default=None, help="where checkpoints go")
+    parser.add_argument(
+        "--save_final_checkpoint",
+        action="store_true",
+        help="keep a resumable checkpoint of the finished run (to train on past --tokens later)",
+    )
+    parser.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        help="continue a run's layers (any subset of its grid) from its checkpoint",
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--work_dir", required=True)
     opts = parser.parse_args()
@@ -105,6 +116,10 @@ def main() -> None:
         )
         for name, spec in specs.items()
     }
+    for cfg in configs.values():
+        cfg.checkpoint_path = opts.checkpoint_path  # as given: no random suffix
+        cfg.save_final_checkpoint = opts.save_final_checkpoint
+        cfg.resume_from_checkpoint = opts.resume_from_checkpoint
     print(f"{opts.model} layer {layer}: {len(configs)} layers, {opts.tokens:,} tokens each")
     started = time.perf_counter()
     train_layers(model, configs, snapshot_tokens=opts.snapshots, snapshot_path=work / "snapshots")
@@ -118,6 +133,7 @@ def main() -> None:
         "shuffle_tokens": opts.shuffle_tokens,
         "min_shuffle_tokens": PairedActivationsStore.min_shuffle_tokens,
         "snapshots": sorted(opts.snapshots),
+        "resumed_from": opts.resume_from_checkpoint,
         "seconds": round(seconds, 1),
         "end_to_end_tokens_per_second": round(opts.tokens / seconds),
         "layers": specs,

@@ -74,25 +74,39 @@ def train(args: Sequence[str]) -> None:
 def evaluate(args: Sequence[str]) -> None:
     from mxd_saelens.evaluation import evaluate_layers
     from mxd_saelens.layers import load_layer
-    from mxd_saelens.report import format_table, write_report
+    from mxd_saelens.report import format_comparisons, format_table, write_report
     from mxd_saelens.sources import load_language_model
     from mxd_saelens.tokens import token_sequences
 
     parser = argparse.ArgumentParser(
         prog="mxd-saelens eval",
-        description="Splice saved layers into their model and measure next-token loss.",
+        description="Splice saved layers into their model and measure next-token loss, with "
+        "standard errors over sequences and paired comparisons between the layers.",
     )
     parser.add_argument("layers", nargs="+", help="folders of saved layers")
     parser.add_argument("--model", help="model name (default: the first layer's model_name)")
     parser.add_argument(
         "--dataset", default="zoo:heldout", help="held-out text (default: %(default)s)"
     )
-    parser.add_argument("--n_sequences", type=int, default=64)
+    parser.add_argument(
+        "--n_sequences",
+        type=int,
+        default=None,
+        help="evaluate on the first N sequences (default: every full sequence of the dataset)",
+    )
     parser.add_argument("--context_size", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="compare every layer with this one (a folder given above; default: all pairs "
+        "for up to four layers, else the first layer)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out_dir", default="eval_output")
     opts = parser.parse_args(list(args))
+    if opts.reference is not None and opts.reference not in opts.layers:
+        parser.error(f"--reference {opts.reference!r} is not one of the layers given")
 
     layers = {path: load_layer(path, device=opts.device) for path in opts.layers}
     model_name = opts.model or next(iter(layers.values())).cfg.metadata.model_name
@@ -100,9 +114,18 @@ def evaluate(args: Sequence[str]) -> None:
         parser.error("the layers do not record their model; pass --model")
     model = load_language_model(model_name, device=opts.device)
     tokens = token_sequences(model, opts.dataset, opts.context_size, opts.n_sequences)
-    rows = evaluate_layers(model, layers, tokens.to(opts.device), batch_size=opts.batch_size)
-    print(format_table(rows))
-    json_path, html_path = write_report(rows, opts.out_dir, title=f"{model_name} splice evaluation")
+    result = evaluate_layers(model, layers, tokens.to(opts.device), batch_size=opts.batch_size)
+    comparisons = result.comparisons(opts.reference)
+    print(format_table(result.rows))
+    if comparisons:
+        print()
+        print(format_comparisons(comparisons))
+    json_path, html_path = write_report(
+        result.rows,
+        opts.out_dir,
+        title=f"{model_name} splice evaluation",
+        comparisons=comparisons,
+    )
     print(f"wrote {json_path} and {html_path}")
 
 

@@ -20,11 +20,11 @@ from torch import nn
 
 from mxd_saelens import zoo
 from mxd_saelens.config import runner_config
-from mxd_saelens.evaluation import evaluate_layers
+from mxd_saelens.evaluation import Evaluation, evaluate_layers
 from mxd_saelens.hooks import mlp_shape, resolve_mlp_hooks
 from mxd_saelens.multi_runner import MultiPairedTrainingRunner
 from mxd_saelens.params import matched_n_experts
-from mxd_saelens.report import format_table, write_report
+from mxd_saelens.report import format_comparisons, format_table, write_report
 from mxd_saelens.tokens import token_sequences
 
 
@@ -125,7 +125,17 @@ def train_layers(
     return {name: layer.eval() for name, layer in runner.run().items()}
 
 
-def run_demo(options: DemoOptions) -> list[dict[str, Any]]:
+def headline(evaluation: Evaluation, a: str, b: str) -> str:
+    """One sentence: layer a's ΔCE against layer b's, with the paired standard error."""
+    c = evaluation.compare(a, b)
+    return (
+        f"{a}'s ΔCE is {c['delta_ce_ratio']:.2f}× {b}'s: a difference of "
+        f"{c['delta_ce_diff']:+.4f} ± {c['delta_ce_diff_se']:.4f} nats/token (paired SE over "
+        f"{c['n_sequences']} held-out sequences, {abs(c['delta_ce_z']):.1f} SE)"
+    )
+
+
+def run_demo(options: DemoOptions) -> Evaluation:
     started = time.perf_counter()
     torch.manual_seed(options.seed)
     out_dir = Path(options.out_dir)
@@ -147,9 +157,17 @@ def run_demo(options: DemoOptions) -> list[dict[str, Any]]:
         model, zoo.load_corpus("heldout"), options.context_size, options.eval_sequences
     )
     print(f"evaluating on {heldout.numel():,} held-out tokens ({heldout.shape[0]} sequences)")
-    rows = evaluate_layers(model, loaded, heldout)
+    evaluation = evaluate_layers(model, loaded, heldout)
+    comparisons = evaluation.comparisons()
     print()
-    print(format_table(rows))
-    json_path, html_path = write_report(rows, out_dir, title=f"{options.model} layer {layer}")
+    print(format_table(evaluation.rows))
+    print()
+    print(format_comparisons(comparisons))
+    if "mxd" in loaded:
+        for other in (name for name in loaded if name != "mxd"):
+            print(headline(evaluation, "mxd", other))
+    json_path, html_path = write_report(
+        evaluation.rows, out_dir, title=f"{options.model} layer {layer}", comparisons=comparisons
+    )
     print(f"\nwrote {json_path} and {html_path} ({time.perf_counter() - started:.0f} s in all)")
-    return rows
+    return evaluation

@@ -35,7 +35,7 @@ from torch import Tensor
 from transformer_lens.hook_points import HookedRootModule
 
 from mxd_saelens.activations import PairedActivationsStore, pair_columns
-from mxd_saelens.evaluation import evaluate_splice, flatten_metrics
+from mxd_saelens.evaluation import evaluate_layers, flatten_metrics
 from mxd_saelens.hooks import MLPHooks, resolve_mlp_hooks
 from mxd_saelens.runner import (
     _check_widths,
@@ -119,7 +119,8 @@ class PairSplitter:
 
 @dataclass
 class MultiSpliceEvaluator:
-    """Each layer spliced into the model on a fixed set of sequences (eval steps)."""
+    """Every layer spliced into the model on a fixed set of sequences (eval steps), sharing
+    the clean and ablated forwards."""
 
     model: HookedRootModule
     hooks: Mapping[str, MLPHooks]
@@ -130,14 +131,12 @@ class MultiSpliceEvaluator:
     def __call__(
         self, saes: Mapping[str, TrainingSAE[Any]], *args: Any, **kwargs: Any
     ) -> dict[str, Any]:
+        layers = {name: SplicedLayer(sae, self.hooks[name]) for name, sae in saes.items()}
+        evaluation = evaluate_layers(
+            self.model, layers, self.tokens, batch_size=self.batch_size, progress=False
+        )
         out: dict[str, Any] = {}
-        for name, sae in saes.items():
-            metrics = evaluate_splice(
-                self.model,
-                SplicedLayer(sae, self.hooks[name]),
-                self.tokens,
-                batch_size=self.batch_size,
-            )
+        for name, metrics in evaluation.metrics.items():
             out.update(flatten_metrics(metrics, prefix=f"{name}/eval/"))
         return out
 

@@ -15,17 +15,20 @@ def token_sequences(
     model: HookedRootModule,
     dataset: Any,
     context_size: int,
-    n_sequences: int,
+    n_sequences: int | None = None,
     prepend_bos: bool = True,
 ) -> torch.Tensor:
     """``[n_sequences, context_size]`` tokens: documents tokenized, joined with BOS separators
     and cut into full-length sequences (each starting with BOS when ``prepend_bos``).
+    ``n_sequences=None`` gives every full sequence the dataset holds (the tail shorter than
+    ``context_size`` is dropped).
 
     ``dataset`` is a ``datasets.Dataset`` (``text`` or pretokenized ``tokens`` column), the
     bundled corpus (``"zoo:heldout"``), a local file, or a hub name.
     """
     if isinstance(dataset, str):
         dataset = load_dataset_source(dataset) or dataset
+    batch = n_sequences or 1
     store = ActivationsStore(
         model=model,
         dataset=dataset,
@@ -35,14 +38,16 @@ def token_sequences(
         context_size=context_size,
         d_in=int(model.cfg.d_model),  # type: ignore[attr-defined]
         n_batches_in_buffer=1,
-        total_training_tokens=n_sequences * context_size,
-        store_batch_size_prompts=n_sequences,
+        total_training_tokens=batch * context_size,
+        store_batch_size_prompts=batch,
         train_batch_size_tokens=context_size,
         prepend_bos=prepend_bos,
         normalize_activations="none",
         device=torch.device("cpu"),
         dtype="float32",
     )
+    if n_sequences is None:
+        return _all_sequences(store, context_size)
     try:
         return store.get_batch_tokens(
             n_sequences, raise_at_epoch_end=True, move_to_model_device=False
@@ -52,3 +57,21 @@ def token_sequences(
             f"the dataset holds fewer than {n_sequences} sequences of {context_size} tokens; "
             "ask for fewer sequences, a shorter context, or give more text."
         ) from None
+
+
+def _all_sequences(store: ActivationsStore, context_size: int) -> torch.Tensor:
+    # the store drops the sequences of a batch cut short by the epoch's end: take one at a time
+    sequences = []
+    while True:
+        try:
+            sequences.append(
+                store.get_batch_tokens(1, raise_at_epoch_end=True, move_to_model_device=False)
+            )
+        except StopIteration:
+            break
+    if not sequences:
+        raise ValueError(
+            f"the dataset holds no full sequence of {context_size} tokens; "
+            "ask for a shorter context, or give more text."
+        )
+    return torch.cat(sequences)

@@ -22,7 +22,8 @@ def test_shortened_demo_trains_splices_reports_and_round_trips(tmp_path: Path, c
         architectures=("mxd", "topk_transcoder"),
         out_dir=str(tmp_path),
     )
-    rows = run_demo(options)
+    evaluation = run_demo(options)
+    rows = evaluation.rows
     printed = capsys.readouterr().out
     assert "ΔCE" in printed and "CE rec." in printed
 
@@ -38,7 +39,12 @@ def test_shortened_demo_trains_splices_reports_and_round_trips(tmp_path: Path, c
     gap = by_arch["topk_transcoder"]["parameters"] - by_arch["mxd"]["parameters"]
     assert 0 <= gap < 0.005 * by_arch["topk_transcoder"]["parameters"]
 
-    assert json.loads((tmp_path / "results.json").read_text()) == rows
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["rows"] == rows
+    (comparison,) = saved["comparisons"]
+    assert {comparison["a"], comparison["b"]} == {"mxd", "topk_transcoder"}
+    assert comparison["delta_ce_diff_se"] > 0
+    assert "paired SE" in printed
     assert (tmp_path / "report.html").stat().st_size > 1_000_000
     for architecture in ("mxd", "topk_transcoder"):
         layer = SAE.load_from_disk(tmp_path / architecture)
@@ -106,5 +112,5 @@ def test_command_line_trains_from_flags_and_evaluates(tmp_path: Path) -> None:
     done = subprocess.run(evaluate, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ΔCE" in done.stdout
-    (row,) = json.loads((tmp_path / "eval" / "results.json").read_text())
+    (row,) = json.loads((tmp_path / "eval" / "results.json").read_text())["rows"]
     assert row["architecture"] == "mxd" and row["n_tokens"] == 4 * 63

@@ -106,7 +106,7 @@ def test_runner_refuses_an_output_hook_it_cannot_check(tiny_model, text_dataset)
         checkpoint_path=None,
         verbose=False,
     )
-    with pytest.raises(MLPHookMismatch, match="blocks.1.hook_resid_post.*check_mlp_hooks=False"):
+    with pytest.raises(MLPHookMismatch, match=r"blocks\.1\.hook_resid_post.*check_mlp_hooks=False"):
         PairedTrainingRunner(cfg, override_model=tiny_model, override_dataset=text_dataset)
     # a residual-stream input is not the MLP's input either
     cfg = runner_config(

@@ -1,0 +1,121 @@
+"""Splice every layer that ``benchmarks/train_layers.py`` saved (and, with ``--snapshots``, every
+snapshot) into its model on the bundled held-out split and write one JSON: each layer's ΔCE, KL,
+NMSE, L0 and dead fraction with standard errors, and paired comparisons of each MxD against the
+transcoders trained beside it at the same k and learning rate.
+
+    python benchmarks/evaluate_layers.py --work_dir benchmarks/layers/lr_sweep \\
+        --snapshots --out benchmarks/results/lr_sweep.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from sae_lens import SAE
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from benchmarks.common import write_result
+from mxd_saelens import zoo
+from mxd_saelens.evaluation import evaluate_layers
+from mxd_saelens.report import format_comparisons, format_table
+from mxd_saelens.tokens import token_sequences
+
+
+def paired_names(specs: dict[str, dict[str, Any]], extra: list[str]) -> list[tuple[str, str]]:
+    """Each MxD against every non-MxD layer of the same k and lr, then ``a:b`` extras."""
+    pairs = []
+    for a, spec_a in specs.items():
+        if spec_a["architecture"] != "mxd":
+            continue
+        for b, spec_b in specs.items():
+            if spec_b["architecture"] == "mxd":
+                continue
+            if (spec_a["k"], spec_a["lr"]) == (spec_b["k"], spec_b["lr"]) and set(spec_a) == {
+                "architecture",
+                "k",
+                "lr",
+            }:
+                pairs.append((a, b))
+    pairs += [tuple(item.split(":", 1)) for item in extra]  # type: ignore[misc]
+    return pairs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--work_dir", required=True)
+    parser.add_argument("--snapshots", action="store_true", help="evaluate the snapshots too")
+    parser.add_argument("--n_sequences", type=int, default=None, help="default: all held-out")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--pairs", nargs="*", default=[], help="extra comparisons a:b")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", required=True)
+    opts = parser.parse_args()
+    torch.set_num_threads(opts.threads)
+
+    work = Path(opts.work_dir)
+    manifest = json.loads((work / "manifest.json").read_text())
+    specs: dict[str, dict[str, Any]] = manifest["layers"]
+    model = zoo.load(manifest["model"])
+    tokens = token_sequences(model, zoo.load_corpus("heldout"), 128, opts.n_sequences)
+    print(f"{manifest['model']}: {tokens.shape[0]} held-out sequences, {tokens.numel():,} tokens")
+
+    stages: dict[int, Path] = {}
+    if all((work / name / "cfg.json").exists() for name in specs):
+        stages[manifest["tokens_per_layer"]] = work
+    if opts.snapshots and (work / "snapshots").is_dir():
+        # a snapshot is taken at the first step boundary at or past the asked-for count
+        stages |= {int(p.name): p for p in (work / "snapshots").iterdir() if p.name.isdigit()}
+    if not stages:
+        raise SystemExit(f"no trained layers under {work} (did the run finish?)")
+    layers = {
+        f"{tokens_seen}/{name}": SAE.load_from_disk(folder / name)
+        for tokens_seen, folder in sorted(stages.items())
+        for name in specs
+    }
+    started = time.perf_counter()
+    evaluation = evaluate_layers(model, layers, tokens, batch_size=opts.batch_size)
+    seconds = time.perf_counter() - started
+
+    pairs = paired_names(specs, opts.pairs)
+    by_stage: dict[str, Any] = {}
+    for tokens_seen in sorted(stages):
+        rows = [
+            {**row, "name": row["name"].split("/", 1)[1], **specs[row["name"].split("/", 1)[1]]}
+            for row in evaluation.rows
+            if row["name"].startswith(f"{tokens_seen}/")
+        ]
+        comparisons = []
+        for a, b in pairs:
+            result = evaluation.compare(f"{tokens_seen}/{a}", f"{tokens_seen}/{b}")
+            comparisons.append({**result, "a": a, "b": b})
+        by_stage[str(tokens_seen)] = {"rows": rows, "comparisons": comparisons}
+        print(f"\n== after {tokens_seen:,} tokens")
+        print(format_table(rows))
+        if comparisons:
+            print(format_comparisons(comparisons))
+    final = by_stage[str(max(stages))]
+    write_result(
+        opts.out,
+        {
+            "model": manifest["model"],
+            "layer": manifest["layer"],
+            "training": {k: v for k, v in manifest.items() if k != "layers"},
+            "tokens_per_layer": max(stages),
+            "n_sequences": int(tokens.shape[0]),
+            "n_eval_tokens": int(tokens.numel()),
+            "eval_seconds": round(seconds, 1),
+            "rows": final["rows"],
+            "comparisons": final["comparisons"],
+            "by_tokens": by_stage,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

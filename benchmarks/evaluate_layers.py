@@ -46,10 +46,21 @@ def paired_names(specs: dict[str, dict[str, Any]], extra: list[str]) -> list[tup
     return pairs
 
 
+def folder_is_final(work: Path, specs: dict[str, Any]) -> bool:
+    """Whether the run finished: every layer saved under its name."""
+    return all((work / name / "cfg.json").exists() for name in specs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--work_dir", required=True)
     parser.add_argument("--snapshots", action="store_true", help="evaluate the snapshots too")
+    parser.add_argument(
+        "--snapshot_tokens", nargs="*", type=int, default=None, help="only these snapshots"
+    )
+    parser.add_argument(
+        "--snapshot_layers", nargs="*", default=None, help="only these layers' snapshots"
+    )
     parser.add_argument("--n_sequences", type=int, default=None, help="default: all held-out")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--pairs", nargs="*", default=[], help="extra comparisons a:b")
@@ -66,17 +77,30 @@ def main() -> None:
     print(f"{manifest['model']}: {tokens.shape[0]} held-out sequences, {tokens.numel():,} tokens")
 
     stages: dict[int, Path] = {}
-    if all((work / name / "cfg.json").exists() for name in specs):
+    if folder_is_final(work, specs):
         stages[manifest["tokens_per_layer"]] = work
     if opts.snapshots and (work / "snapshots").is_dir():
         # a snapshot is taken at the first step boundary at or past the asked-for count
-        stages |= {int(p.name): p for p in (work / "snapshots").iterdir() if p.name.isdigit()}
+        stages |= {
+            int(p.name): p
+            for p in (work / "snapshots").iterdir()
+            if p.name.isdigit()
+            and (opts.snapshot_tokens is None or int(p.name) in opts.snapshot_tokens)
+        }
     if not stages:
         raise SystemExit(f"no trained layers under {work} (did the run finish?)")
+    final_tokens = manifest["tokens_per_layer"] if folder_is_final(work, specs) else None
+
+    def wanted(tokens_seen: int, name: str) -> bool:
+        return (
+            tokens_seen == final_tokens or not opts.snapshot_layers or name in opts.snapshot_layers
+        )
+
     layers = {
         f"{tokens_seen}/{name}": SAE.load_from_disk(folder / name)
         for tokens_seen, folder in sorted(stages.items())
         for name in specs
+        if wanted(tokens_seen, name)
     }
     started = time.perf_counter()
     evaluation = evaluate_layers(model, layers, tokens, batch_size=opts.batch_size)
@@ -90,10 +114,12 @@ def main() -> None:
             for row in evaluation.rows
             if row["name"].startswith(f"{tokens_seen}/")
         ]
+        present = {row["name"] for row in rows}
         comparisons = []
         for a, b in pairs:
-            result = evaluation.compare(f"{tokens_seen}/{a}", f"{tokens_seen}/{b}")
-            comparisons.append({**result, "a": a, "b": b})
+            if a in present and b in present:
+                result = evaluation.compare(f"{tokens_seen}/{a}", f"{tokens_seen}/{b}")
+                comparisons.append({**result, "a": a, "b": b})
         by_stage[str(tokens_seen)] = {"rows": rows, "comparisons": comparisons}
         print(f"\n== after {tokens_seen:,} tokens")
         print(format_table(rows))

@@ -1,7 +1,12 @@
-"""Training throughput, model forward included: tokens per second through the paired runner
-for the MxD and its parameter-matched TopK transcoder on a bundled model.
+"""Training throughput with the model forward against the layers' steps alone.
 
-    python benchmarks/throughput.py --tokens 200000
+End to end: the demo's three matched layers (MxD, TopK and skip transcoder, k = 32) trained from
+one shared forward by ``MultiPairedTrainingRunner`` over ``--tokens`` tokens, everything
+included (tokenising, the model forward, shuffling, the three steps). Step only: the same three
+layers, fresh, stepped by the same trainer class on batches captured beforehand, so only
+``trainer.step`` is timed. Both in this process, one after the other, with the same threads.
+
+    python benchmarks/throughput.py --tokens 409600
 """
 
 from __future__ import annotations
@@ -16,61 +21,70 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.common import write_result
 from mxd_saelens import zoo
-from mxd_saelens.config import runner_config
-from mxd_saelens.demo import matched_layer_fields
-from mxd_saelens.hooks import resolve_mlp_hooks
-from mxd_saelens.runner import PairedTrainingRunner
+from mxd_saelens.demo import DemoOptions, layer_config
+from mxd_saelens.multi_runner import MultiPairedTrainingRunner
+from mxd_saelens.runner import build_training_layer
+from mxd_saelens.trainer import PairedSAETrainer
+
+ARCHITECTURES = ("mxd", "topk_transcoder", "topk_skip_transcoder")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="tiny-gelu")
-    parser.add_argument("--tokens", type=int, default=200_000)
+    parser.add_argument("--tokens", type=int, default=409_600)
     parser.add_argument("--batch_tokens", type=int, default=2048)
-    parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", default="benchmarks/results/throughput.json")
     opts = parser.parse_args()
     torch.set_num_threads(opts.threads)
 
     model = zoo.load(opts.model)
-    hooks = resolve_mlp_hooks(model, layer=zoo.default_layer(opts.model))
-    corpus = zoo.load_corpus("train")
-    rows = {}
-    for architecture in ("mxd", "topk_transcoder"):
-        cfg = runner_config(
-            architecture,
-            model_name=opts.model,
-            hook_name=hooks.hook_in,
-            d_in=hooks.d_in,
-            context_size=128,
-            training_tokens=opts.tokens,
-            train_batch_size_tokens=opts.batch_tokens,
-            store_batch_size_prompts=opts.batch_tokens // 128,
-            n_batches_in_buffer=8,
-            log_to_wandb=False,
-            checkpoint_path=None,
-            output_path=None,
-            verbose=False,
-            **matched_layer_fields(model, architecture, opts.k, 32),
+    layer = zoo.default_layer(opts.model)
+    options = DemoOptions(
+        model=opts.model, training_tokens=opts.tokens, batch_tokens=opts.batch_tokens
+    )
+    configs = {a: layer_config(model, a, options, layer, None) for a in ARCHITECTURES}
+    runner = MultiPairedTrainingRunner(
+        configs, override_model=model, override_dataset=zoo.load_corpus("train")
+    )
+    started = time.perf_counter()
+    runner.run()
+    end_to_end = time.perf_counter() - started
+
+    # the same number of steps on batches drawn beforehand: the layers' steps alone
+    n_steps = opts.tokens // opts.batch_tokens
+    store = runner.activations_store
+    batches = [next(store) for _ in range(min(n_steps, 64))]
+    step_seconds = {}
+    for name, cfg in configs.items():
+        trainer = PairedSAETrainer(
+            cfg=cfg.to_sae_trainer_config(), sae=build_training_layer(cfg), data_provider=iter(())
         )
-        runner = PairedTrainingRunner(cfg, override_model=model, override_dataset=corpus)
+        trainer.step(batches[0])  # warm-up
         started = time.perf_counter()
-        runner.run()
-        seconds = time.perf_counter() - started
-        rows[architecture] = {
-            "tokens": opts.tokens,
-            "seconds": round(seconds, 2),
-            "tokens_per_second": round(opts.tokens / seconds),
-            "parameters": sum(p.numel() for p in runner.sae.parameters()),
-        }
-        print(architecture, rows[architecture])
-    rows["mxd_over_transcoder_time"] = round(
-        rows["mxd"]["seconds"] / rows["topk_transcoder"]["seconds"], 3
-    )
-    write_result(
-        opts.out, {"model": opts.model, "layer": hooks.layer, "k": opts.k, "results": rows}
-    )
+        for i in range(n_steps):
+            trainer.step(batches[i % len(batches)])
+            trainer.n_training_steps += 1
+        step_seconds[name] = time.perf_counter() - started
+    steps_only = sum(step_seconds.values())
+    result = {
+        "model": opts.model,
+        "layer": layer,
+        "layers": list(ARCHITECTURES),
+        "tokens": opts.tokens,
+        "batch_tokens": opts.batch_tokens,
+        "end_to_end_seconds": round(end_to_end, 2),
+        "end_to_end_tokens_per_second": round(opts.tokens / end_to_end),
+        "step_only_seconds": {k: round(v, 2) for k, v in step_seconds.items()},
+        "step_only_tokens_per_second": round(opts.tokens / steps_only),
+        "step_only_tokens_per_second_per_layer": {
+            k: round(opts.tokens / v) for k, v in step_seconds.items()
+        },
+        "end_to_end_over_step_only": round(steps_only / end_to_end, 3),
+    }
+    print(result)
+    write_result(opts.out, result)
 
 
 if __name__ == "__main__":

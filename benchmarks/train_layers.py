@@ -75,6 +75,9 @@ def main() -> None:
         default=None,
         help="override the store's floor on the shuffle buffer (to measure weak mixing)",
     )
+    parser.add_argument(
+        "--lr_warm_up_steps", type=int, default=None, help="default: 5 %% of the steps"
+    )
     parser.add_argument("--snapshots", nargs="*", type=int, default=[])
     parser.add_argument("--checkpoint_path", default=None, help="where checkpoints go")
     parser.add_argument(
@@ -117,6 +120,8 @@ def main() -> None:
         for name, spec in specs.items()
     }
     for cfg in configs.values():
+        if opts.lr_warm_up_steps is not None:
+            cfg.lr_warm_up_steps = opts.lr_warm_up_steps
         cfg.checkpoint_path = opts.checkpoint_path  # as given: no random suffix
         cfg.save_final_checkpoint = opts.save_final_checkpoint
         cfg.resume_from_checkpoint = opts.resume_from_checkpoint

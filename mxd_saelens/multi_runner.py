@@ -11,9 +11,10 @@ optimiser, learning rate and schedule, sparsity tracking and unit-norm expert pr
 Per layer: the layer's config (architecture, k, width …), its hooks, ``lr`` and the schedule
 fields, Adam's betas, the dead-feature window and ``output_path`` (where it is saved). Every
 other field describes the shared data and must agree across entries; checkpoints, resumption and
-wandb logging follow the first entry. A layer's initial weights depend only on its own ``seed``,
-so a layer trained with others is the layer trained alone. Resumption is exact and Ctrl-C saves
-one checkpoint holding every layer, as with the single runner.
+wandb logging follow the first entry. A layer's initial weights depend only on ``seed`` and its
+own config, never on the other layers, so a layer trained with others is the layer trained
+alone. Resumption is exact and Ctrl-C saves one checkpoint holding every layer, as with the
+single runner.
 """
 
 from __future__ import annotations

@@ -172,6 +172,27 @@ def sparse_topk(x: Tensor, weight: Tensor, bias: Tensor, k: int) -> tuple[TopKCo
     )
 
 
+def subset_topk(
+    x: Tensor,  # [B, d_in]
+    weight: Tensor,  # [d_in, n_units]
+    bias: Tensor,  # [n_units]
+    pre: Tensor,  # [B, n_units], x @ weight + bias already computed (detached)
+    units: Tensor,  # [M], int64, the units allowed to be selected
+    k: int,  # ≤ M
+) -> TopKCodes:
+    """Top-k ReLU codes among ``units`` only, selected from the dense pre-activations that the
+    main top-k already computed, with the same sparse backward (only the k selected columns of
+    ``weight`` get a gradient). Codes index the full ``n_units``."""
+    x2 = _flatten_rows(x)
+    with torch.no_grad():
+        # select among the M allowed columns: a top-k over M, not over every unit
+        selected, slot = topk_largest(_flatten_rows(pre).index_select(1, units), k)
+        indices = units[slot]
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad):
+        selected = _SelectedPreactivations.apply(x2, weight, bias, indices, selected)
+    return TopKCodes(selected.relu(), indices)
+
+
 def dense_topk(x: Tensor, weight: Tensor, bias: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The plain formulation: dense pre-activations, top-k scattered into a dense code tensor."""
     pre = x @ weight + bias

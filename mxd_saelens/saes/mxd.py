@@ -54,9 +54,12 @@ from mxd_saelens.saes.common import (
     linear_init_,
 )
 from mxd_saelens.saes.paired import (
+    AUX_LOSS_NAME,
+    DeadFeatureAuxFields,
     LayerOutput,
     PairedTrainingFields,
     PairedTrainingSAE,
+    dead_feature_aux_loss,
     paired_training_forward_pass,
 )
 
@@ -338,8 +341,11 @@ class MxD(MxDModule, SAE[MxDConfig]):
 
 
 @dataclass(kw_only=True)
-class MxDTrainingSAEConfig(TrainingSAEConfig, MxDFields, PairedTrainingFields):
-    """Training config of an MxD layer (adds the loss; saves as ``"mxd"``)."""
+class MxDTrainingSAEConfig(
+    TrainingSAEConfig, MxDFields, PairedTrainingFields, DeadFeatureAuxFields
+):
+    """Training config of an MxD layer (adds the loss and the opt-in dead-expert auxiliary loss;
+    saves as ``"mxd"``)."""
 
     d_sae: int = 0
     apply_b_dec_to_input: bool = False
@@ -354,6 +360,7 @@ class MxDTrainingSAEConfig(TrainingSAEConfig, MxDFields, PairedTrainingFields):
         _check_no_input_bias(self.apply_b_dec_to_input)
         self.d_sae = self._resolve_mxd_shape(self.d_in, self.d_sae)
         self._validate_loss()
+        self._validate_dead_feature_aux(self.d_sae)
         super().__post_init__()
 
 
@@ -373,14 +380,30 @@ class _UnitNormTangentGrad(torch.autograd.Function):
         return grad - (grad * unit).sum(dim=-1, keepdim=True) * unit
 
 
+@dataclass(kw_only=True)
+class MxDLayerOutput(LayerOutput):
+    """One training forward of an MxD, with the shared factor of every expert's output."""
+
+    decoded_hidden: Tensor  # [B, O], Dᵀz
+
+
 class MxDTrainingSAE(MxDModule, PairedTrainingSAE):
     """Training MxD layer, trained on packed ``[mlp_in ‖ mlp_out]`` rows.
 
-    Each step first renormalises the expert vectors (the previous optimiser step may have moved
-    them off the unit sphere) and, in the backward, removes the gradient component parallel to
-    each c_n. The output bias should be set to the mean target before training
-    (:meth:`initialize_output_bias`; the runner does this).
+    The expert vectors are kept on the unit sphere: the trainer renormalises them after every
+    optimiser step, and a step whose C was written since the last renormalisation (a loop
+    without that trainer, loaded weights) renormalises first. The backward removes the gradient
+    component parallel to each c_n. The output bias should be set to the mean target before
+    training (:meth:`initialize_output_bias`; the runner does this).
+
+    With ``dead_feature_aux_k > 0`` (beyond the paper) the step adds the dead-expert auxiliary
+    loss ``coefficient · min(n_dead / aux_k, 1) · L((C_deadᵀ a_dead) ⊙ Dᵀz, y − ŷ)``. Dᵀz and the
+    residual are detached, so it trains only the dead experts' gate columns, gate biases and
+    expert vectors: D and E are shared by every expert, and moving them for the dead ones would
+    pull the live layer away from its own loss.
     """
+
+    _unit_experts_key: tuple[int, int] | None = None  # C's (id, version) when last renormalised
 
     def __init__(self, cfg: MxDTrainingSAEConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term)
@@ -395,23 +418,51 @@ class MxDTrainingSAE(MxDModule, PairedTrainingSAE):
     def normalize_experts(self) -> None:
         """Put every expert vector c_n back on the unit sphere."""
         self.W_experts.div_(self.W_experts.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+        self._unit_experts_key = self._experts_key()
 
-    def training_layer_output(self, x: Tensor) -> LayerOutput:
+    def _experts_key(self) -> tuple[int, int]:
+        # an in-place write (optimiser step, load_state_dict) bumps the version counter
+        return id(self.W_experts), self.W_experts._version
+
+    def training_layer_output(self, x: Tensor) -> MxDLayerOutput:
         x = self.process_sae_in(x)
         codes, pre = self.gate(x)
-        output = self._combine(self.expert_mixture(codes), self.hidden(x))
-        feature_acts = sparse_code_matrix(codes, self.cfg.n_experts)
-        return LayerOutput(output=output, feature_acts=feature_acts, hidden_pre=pre)
+        mixture = self.expert_mixture(codes)
+        decoded_hidden = self.hidden(x) @ self.W_dec
+        return MxDLayerOutput(
+            output=mixture * decoded_hidden + self.b_dec,
+            feature_acts=sparse_code_matrix(codes, self.cfg.n_experts),
+            hidden_pre=pre,
+            sae_in=x,
+            decoded_hidden=decoded_hidden,
+        )
+
+    def dead_expert_losses(
+        self, result: LayerOutput, step_input: TrainStepInput
+    ) -> dict[str, Tensor]:
+        """The dead-expert auxiliary loss (see the class docstring)."""
+        assert isinstance(result, MxDLayerOutput)
+        shared = result.decoded_hidden.detach()
+        loss = dead_feature_aux_loss(
+            self.cfg,
+            step_input,
+            result,
+            (self.W_gate, self.b_gate),
+            lambda codes: self.expert_mixture(codes) * shared,
+        )
+        return {AUX_LOSS_NAME: loss}
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        self.normalize_experts()
+        if self._unit_experts_key != self._experts_key():
+            self.normalize_experts()
         return paired_training_forward_pass(
             step_input,
             self.cfg.d_in,
             self.cfg.d_out,
             self.cfg.loss,
             self.training_layer_output,
+            self.dead_expert_losses if self.cfg.dead_feature_aux_k > 0 else None,
         )
 
     @override

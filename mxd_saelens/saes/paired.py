@@ -5,6 +5,10 @@ target. A paired layer receives packed rows ``[x ‖ y]`` (the MLP's input and o
 token, kept together through the store's shuffling) and splits them here. The step output puts
 the *target* in ``sae_in``, so the trainer's explained variance is measured against the MLP
 output, not the input.
+
+Beyond the MxD paper (which has no dead-feature handling): an opt-in auxiliary loss in the style of
+TopK SAEs (Gao et al. 2024, "AuxK") that makes the features flagged dead predict the residual of
+the main output (:class:`DeadFeatureAuxFields`, :func:`dead_feature_aux_loss`).
 """
 
 from __future__ import annotations
@@ -17,8 +21,11 @@ import torch
 from sae_lens.saes.sae import TrainCoefficientConfig, TrainingSAE, TrainStepInput, TrainStepOutput
 from torch import Tensor
 
+from mxd_saelens.ops.sparse_topk import TopKCodes, subset_topk
+
 LossKind = Literal["normalized_mse", "mse"]
 LOSS_KINDS: tuple[str, ...] = ("normalized_mse", "mse")
+AUX_LOSS_NAME = "auxiliary_reconstruction_loss"  # the key SAELens's TopK SAEs log AuxK under
 
 
 @dataclass(kw_only=True)
@@ -32,6 +39,40 @@ class PairedTrainingFields:
     def _validate_loss(self) -> None:
         if self.loss not in LOSS_KINDS:
             raise ValueError(f"loss={self.loss!r} is not supported; choose one of {LOSS_KINDS}.")
+
+
+@dataclass(kw_only=True)
+class DeadFeatureAuxFields:
+    """An opt-in auxiliary loss against dead features (experts of an MxD, latents of a TopK
+    transcoder). Not in the MxD paper, which has no dead-feature handling; off by default, and
+    training-only (the inference config does not carry it).
+
+    Each step, among the features SAELens's trainer flags dead (not fired for
+    ``dead_feature_window`` steps), every token selects its ``dead_feature_aux_k`` largest ReLU'd
+    pre-activations, and those features alone predict the residual ``y − ŷ`` of the main output
+    (Gao et al. 2024, "AuxK"). The loss is normalised like the main loss.
+    """
+
+    dead_feature_aux_k: int = 0
+    """How many dead features each token uses to predict the residual; 0 turns the loss off.
+    ``2 * k`` is a reasonable start (64 at k = 32, also Gao et al.'s ``d_out / 2`` at d_out = 128):
+    on a 2048-token batch each of ~1000 dead features is then picked a hundred times or more. The
+    step's extra cost grows linearly with it (a top-k over the dead features, and gathers and
+    scatters of aux_k rows per token)."""
+    dead_feature_aux_coefficient: float = 1 / 32
+    """The auxiliary loss's weight against the main loss (Gao et al.'s 1/32)."""
+
+    def _validate_dead_feature_aux(self, n_features: int) -> None:
+        if not 0 <= self.dead_feature_aux_k <= n_features:
+            raise ValueError(
+                f"dead_feature_aux_k={self.dead_feature_aux_k} must be between 0 (off) and the "
+                f"number of features, {n_features}."
+            )
+        if self.dead_feature_aux_coefficient < 0:
+            raise ValueError(
+                "dead_feature_aux_coefficient must be non-negative, got "
+                f"{self.dead_feature_aux_coefficient}."
+            )
 
 
 def split_pair(batch: Tensor, d_in: int, d_out: int) -> tuple[Tensor, Tensor]:
@@ -54,9 +95,14 @@ def split_pair(batch: Tensor, d_in: int, d_out: int) -> tuple[Tensor, Tensor]:
 
 def reconstruction_loss(prediction: Tensor, target: Tensor, kind: str) -> Tensor:
     """The training loss between the layer's output and the MLP's output."""
-    squared_error = (prediction - target.to(prediction.dtype)).pow(2)
+    return error_loss(prediction - target.to(prediction.dtype), target, kind)
+
+
+def error_loss(error: Tensor, target: Tensor, kind: str) -> Tensor:
+    """The training loss of an error ``[B, d_out]``, each token weighted as its target's."""
+    squared_error = error.pow(2)
     if kind == "normalized_mse":
-        target_norm = target.to(prediction.dtype).norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        target_norm = target.to(error.dtype).norm(dim=-1, keepdim=True).clamp_min(1e-8)
         return (squared_error / target_norm).mean()
     if kind == "mse":
         return squared_error.mean()
@@ -77,6 +123,7 @@ class LayerOutput:
     output: Tensor  # [B, d_out]
     feature_acts: Tensor  # [B, d_sae], dense, for the trainer's firing statistics
     hidden_pre: Tensor  # [B, d_sae], pre-activations of the sparse codes (detached)
+    sae_in: Tensor | None = None  # [B, d_in], the processed input, for the auxiliary loss
 
 
 def paired_training_forward_pass(
@@ -107,6 +154,36 @@ def paired_training_forward_pass(
         losses=losses,
         metrics={"normalized_mse": lambda: normalized_mse(result.output.detach(), y)},
     )
+
+
+def dead_feature_aux_loss(
+    cfg: Any,  # a training config with DeadFeatureAuxFields, d_in and loss
+    step_input: TrainStepInput,
+    result: LayerOutput,
+    gate: tuple[Tensor, Tensor],  # the weight [d_in, d_sae] and bias [d_sae] that select features
+    predict: Callable[[TopKCodes], Tensor],  # ê [B, d_out] from the selected dead features
+) -> Tensor:
+    """``coefficient · min(n_dead / aux_k, 1) · L(ê, y − ŷ)``, with L the main loss and the
+    residual ``y − ŷ`` detached; 0 when nothing is dead.
+
+    The selection reuses the main step's dense pre-activations; the gradient reaches only the
+    selected features' gate columns and whatever ``predict`` lets through. The factor
+    ``min(n_dead / aux_k, 1)`` (as in SAELens's and EleutherAI's TopK SAEs) fades the loss out
+    as the last few dead features revive, instead of pushing them all on every token.
+    """
+    dead = step_input.dead_neuron_mask
+    units = None if dead is None else dead.nonzero().squeeze(1)
+    if units is None or units.numel() == 0:
+        return result.output.new_zeros(())
+    if result.sae_in is None:
+        raise ValueError("the dead-feature auxiliary loss needs the layer's processed input.")
+    aux_k = cfg.dead_feature_aux_k
+    n_dead = units.numel()
+    codes = subset_topk(result.sae_in, *gate, result.hidden_pre, units, min(aux_k, n_dead))
+    target = step_input.sae_in[..., cfg.d_in :]
+    residual = (target.to(result.output.dtype) - result.output).detach()
+    loss = error_loss(predict(codes) - residual, target, cfg.loss)
+    return cfg.dead_feature_aux_coefficient * min(n_dead / aux_k, 1.0) * loss
 
 
 class PairedTrainingSAE(TrainingSAE[Any]):

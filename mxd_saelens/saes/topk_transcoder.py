@@ -31,9 +31,12 @@ from mxd_saelens.saes.common import (
     linear_init_,
 )
 from mxd_saelens.saes.paired import (
+    AUX_LOSS_NAME,
+    DeadFeatureAuxFields,
     LayerOutput,
     PairedTrainingFields,
     PairedTrainingSAE,
+    dead_feature_aux_loss,
     paired_training_forward_pass,
 )
 
@@ -129,13 +132,14 @@ class TopKTranscoderForward:
         return out if skip is None else out + skip
 
     def training_layer_output(self, x: Tensor) -> LayerOutput:
-        codes, pre = sparse_topk(self.process_sae_in(x), self.W_enc, self.b_enc, self.cfg.k)
+        sae_in = self.process_sae_in(x)
+        codes, pre = sparse_topk(sae_in, self.W_enc, self.b_enc, self.cfg.k)
         out = sparse_decode(codes, self.W_dec) + self.b_dec
         skip = self.skip_output(x)
         if skip is not None:
             out = out + skip
         feature_acts = sparse_code_matrix(codes, self.cfg.d_sae)
-        return LayerOutput(output=out, feature_acts=feature_acts, hidden_pre=pre)
+        return LayerOutput(output=out, feature_acts=feature_acts, hidden_pre=pre, sae_in=sae_in)
 
     def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
         check_state_dict_shapes(self, state_dict)  # type: ignore[arg-type]
@@ -172,8 +176,11 @@ class TopKTranscoder(TopKTranscoderForward, Transcoder):
 
 
 @dataclass(kw_only=True)
-class TopKTranscoderTrainingSAEConfig(TrainingSAEConfig, PairedTrainingFields):
-    """Training config of a TopK transcoder (saves as ``"topk_transcoder"``)."""
+class TopKTranscoderTrainingSAEConfig(
+    TrainingSAEConfig, PairedTrainingFields, DeadFeatureAuxFields
+):
+    """Training config of a TopK transcoder (saves as ``"topk_transcoder"``); the opt-in
+    dead-latent auxiliary loss is the MxD's, so the two compare on equal terms."""
 
     d_out: int = 0
     """The output width; 0 means ``d_in``."""
@@ -194,6 +201,7 @@ class TopKTranscoderTrainingSAEConfig(TrainingSAEConfig, PairedTrainingFields):
         check_dims(self.d_in, self.d_sae, self.d_out)
         check_topk(self.k, self.d_sae)
         self._validate_loss()
+        self._validate_dead_feature_aux(self.d_sae)
         super().__post_init__()
 
 
@@ -249,7 +257,13 @@ class PairedTrainingTranscoder(PairedTrainingSAE):
 
 
 class TopKTranscoderTrainingSAE(TopKTranscoderForward, PairedTrainingTranscoder):
-    """Training TopK transcoder, trained on packed ``[mlp_in ‖ mlp_out]`` rows."""
+    """Training TopK transcoder, trained on packed ``[mlp_in ‖ mlp_out]`` rows.
+
+    With ``dead_feature_aux_k > 0`` (Gao et al.'s AuxK) the step adds
+    ``coefficient · min(n_dead / aux_k, 1) · L(W_dec,deadᵀ a_dead, y − ŷ)``, which trains only the
+    dead latents' encoder columns, encoder biases and decoder rows (the skip path and the output
+    bias stay in ŷ).
+    """
 
     cfg: TopKTranscoderTrainingSAEConfig  # type: ignore[assignment]
     zero_decoder_init: bool = False
@@ -260,6 +274,19 @@ class TopKTranscoderTrainingSAE(TopKTranscoderForward, PairedTrainingTranscoder)
     @override
     def initialize_weights(self) -> None:
         init_transcoder_weights(self, zero_decoder=self.zero_decoder_init)
+
+    @override
+    def extra_losses(self, result: LayerOutput, step_input: TrainStepInput) -> dict[str, Tensor]:
+        if self.cfg.dead_feature_aux_k == 0:
+            return {}
+        loss = dead_feature_aux_loss(
+            self.cfg,
+            step_input,
+            result,
+            (self.W_enc, self.b_enc),
+            lambda codes: sparse_decode(codes, self.W_dec),
+        )
+        return {AUX_LOSS_NAME: loss}
 
     @override
     def forward(self, x: Tensor) -> Tensor:

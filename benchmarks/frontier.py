@@ -5,7 +5,11 @@ each layer's ΔCE, KL, NMSE and dead fraction with standard errors, and for each
 against the TopK and skip transcoders with paired standard errors.
 
     python benchmarks/frontier.py --evaluations benchmarks/results/frontier/tiny-gelu.json \\
-        benchmarks/results/frontier/tiny-gated.json
+        benchmarks/results/frontier/tiny-gated.json --budget_from tiny-gelu
+
+``--budget_from MODEL`` also writes ``benchmarks/results/budget.json``: the k = 32 MxD and TopK
+transcoder of that model's run after each snapshot's token count and at the end (the learning
+rate is constant after warm-up, so a snapshot is the layer a shorter run would have ended with).
 """
 
 from __future__ import annotations
@@ -85,10 +89,54 @@ def markdown(model: str, result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def budget(evaluation: dict[str, Any], k: int = 32) -> list[dict[str, Any]]:
+    """MxD and TopK transcoder at k after each evaluated token count, with their comparison."""
+    points = []
+    for tokens_seen, stage in sorted(evaluation["by_tokens"].items(), key=lambda t: int(t[0])):
+        rows = {
+            r["architecture"]: r for r in stage["rows"] if r["k"] == k and r["name"].count("-") == 1
+        }
+        if "mxd" not in rows or "topk_transcoder" not in rows:
+            continue
+        pair = next(
+            (
+                c
+                for c in stage["comparisons"]
+                if (c["a"], c["b"]) == (rows["mxd"]["name"], rows["topk_transcoder"]["name"])
+            ),
+            None,
+        )
+        points.append(
+            {
+                "tokens": int(tokens_seen),
+                **{
+                    f"{SHORT_KEY[a]}_{m}": rows[a].get(m)
+                    for a in ("mxd", "topk_transcoder")
+                    for m in (
+                        "delta_ce",
+                        "delta_ce_se",
+                        "kl",
+                        "kl_se",
+                        "nmse",
+                        "nmse_se",
+                        "dead_fraction",
+                    )
+                },
+                "comparison": pair,
+            }
+        )
+    return points
+
+
+SHORT_KEY = {"mxd": "mxd", "topk_transcoder": "topk_tc"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--evaluations", nargs="+", required=True)
     parser.add_argument("--out", default="benchmarks/results/frontier.json")
+    parser.add_argument("--budget_from", default=None, help="model whose snapshots give the budget")
+    parser.add_argument("--budget_out", default="benchmarks/results/budget.json")
     opts = parser.parse_args()
     evaluations = [json.loads(Path(p).read_text()) for p in opts.evaluations]
     results = {e["model"]: model_result(e) for e in evaluations}
@@ -109,6 +157,32 @@ def main() -> None:
     for model, result in results.items():
         print()
         print(markdown(model, result))
+    if opts.budget_from is not None:
+        (evaluation,) = [e for e in evaluations if e["model"] == opts.budget_from]
+        points = budget(evaluation)
+        write_result(
+            opts.budget_out,
+            {
+                "model": opts.budget_from,
+                "k": 32,
+                "training_command": evaluation["training"]["command"],
+                "evaluation_command": evaluation["command"],
+                "n_eval_tokens": evaluation["n_eval_tokens"],
+                "points": points,
+            },
+        )
+        print(
+            "\n| tokens | MxD ΔCE | TopK TC ΔCE | MxD / TopK | MxD NMSE | TopK NMSE | dead MxD, TopK |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for p in points:
+            ratio = (p["comparison"] or {}).get("delta_ce_ratio", float("nan"))
+            print(
+                f"| {p['tokens']:,} | {p['mxd_delta_ce']:.4f} ± {p['mxd_delta_ce_se']:.4f} "
+                f"| {p['topk_tc_delta_ce']:.4f} ± {p['topk_tc_delta_ce_se']:.4f} | {ratio:.2f} "
+                f"| {p['mxd_nmse']:.4f} | {p['topk_tc_nmse']:.4f} "
+                f"| {p['mxd_dead_fraction']:.0%}, {p['topk_tc_dead_fraction']:.0%} |"
+            )
 
 
 if __name__ == "__main__":

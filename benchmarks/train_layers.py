@@ -62,7 +62,7 @@ def grid(opts: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="tiny-gelu")
-    parser.add_argument("--architectures", nargs="+", default=["mxd", "topk_transcoder"])
+    parser.add_argument("--architectures", nargs="*", default=["mxd", "topk_transcoder"])
     parser.add_argument("--ks", nargs="+", type=int, default=[32])
     parser.add_argument("--lrs", nargs="+", type=float, default=[3e-3])
     parser.add_argument("--extra", nargs="*", default=[], help="name:architecture:field=value,…")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
 
 import pytest
 import torch
@@ -15,6 +16,9 @@ from transformers import PreTrainedTokenizerFast
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# one directory for the whole session: wandb reads WANDB_DIR once per process, so a test
+# finds its own run with tests.helpers.wandb_run_file_since
+os.environ.setdefault("WANDB_DIR", tempfile.mkdtemp(prefix="mxd-saelens-wandb-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 WORDS = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 import time
 from pathlib import Path
@@ -31,6 +32,14 @@ def grads_of(module: nn.Module) -> dict[str, torch.Tensor]:
 def zero_grads(module: nn.Module) -> None:
     for p in module.parameters():
         p.grad = None
+
+
+def wandb_run_file_since(started: float) -> Path:
+    """The one offline wandb run file created under ``$WANDB_DIR`` since ``started``."""
+    root = Path(os.environ["WANDB_DIR"]) / "wandb"
+    runs = [p for p in root.glob("offline-run-*/run-*.wandb") if p.stat().st_ctime >= started]
+    assert len(runs) == 1, f"expected one new wandb run under {root}, found {runs}"
+    return runs[0]
 
 
 def wandb_history(run_file: Path, timeout: float = 60.0) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ dense computations, its save/load behaviour, and a short training run that repor
 from __future__ import annotations
 
 import json
-import os
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,7 @@ from sae_lens.saes.sae import TrainStepInput
 import mxd_saelens as mxd
 from mxd_saelens.config import runner_config
 from mxd_saelens.runner import PairedTrainingRunner
-from tests.helpers import grads_of, randomize_, wandb_history, zero_grads
+from tests.helpers import grads_of, randomize_, wandb_history, wandb_run_file_since, zero_grads
 
 I, O, H, N, K, AUX_K, B = 12, 10, 24, 50, 5, 12, 40
 DT = torch.float64
@@ -251,8 +251,7 @@ def test_option_is_off_by_default_and_training_only(tmp_path: Path) -> None:
 
 
 def test_training_run_with_the_option_reports_the_aux_loss(tiny_model, text_dataset, tmp_path):
-    os.environ["WANDB_MODE"] = "offline"
-    os.environ["WANDB_DIR"] = str(tmp_path)
+    started = time.time()
     cfg = runner_config(
         "mxd",
         hook_name="blocks.1.ln2.hook_normalized",
@@ -278,7 +277,7 @@ def test_training_run_with_the_option_reports_the_aux_loss(tiny_model, text_data
     )
     runner = PairedTrainingRunner(cfg, override_model=tiny_model, override_dataset=text_dataset)
     trained = runner.run()
-    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    run_file = wandb_run_file_since(started)
     aux = [row[f"losses/{AUX}"] for row in wandb_history(run_file) if f"losses/{AUX}" in row]
     assert len(aux) >= 10 and aux[0] == 0.0  # nothing can be dead at the first step
     assert all(torch.isfinite(torch.tensor(aux))) and max(aux) > 0

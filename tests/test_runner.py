@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ import mxd_saelens.hooks
 from mxd_saelens.config import runner_config
 from mxd_saelens.runner import PairedTrainingRunner
 from mxd_saelens.trainer import TrainingInterrupted
-from tests.helpers import wandb_history
+from tests.helpers import wandb_history, wandb_run_file_since
 
 D, H, LAYER = 32, 128, 1
 HOOK_IN, HOOK_OUT = f"blocks.{LAYER}.ln2.hook_normalized", f"blocks.{LAYER}.hook_mlp_out"
@@ -180,8 +181,7 @@ def test_interrupted_and_resumed_run_equals_the_straight_run(tiny_model, text_da
 
 
 def test_wandb_offline_logs_training_and_splice_metrics(tiny_model, text_dataset, tmp_path):
-    os.environ["WANDB_MODE"] = "offline"
-    os.environ["WANDB_DIR"] = str(tmp_path)
+    started = time.time()
     cfg = runner_config(
         "mxd",
         hook_name=HOOK_IN,
@@ -199,7 +199,7 @@ def test_wandb_offline_logs_training_and_splice_metrics(tiny_model, text_dataset
         **SMALL_RUN,
     )
     PairedTrainingRunner(cfg, override_model=tiny_model, override_dataset=text_dataset).run()
-    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    run_file = wandb_run_file_since(started)
     rows = wandb_history(run_file)
     logged = {key: value for row in rows for key, value in row.items()}
     for key in (

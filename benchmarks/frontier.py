@@ -137,6 +137,9 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/frontier.json")
     parser.add_argument("--budget_from", default=None, help="model whose snapshots give the budget")
     parser.add_argument("--budget_out", default="benchmarks/results/budget.json")
+    parser.add_argument(
+        "--budget_extra", nargs="*", default=[], help="more evaluations of the same run's snapshots"
+    )
     opts = parser.parse_args()
     evaluations = [json.loads(Path(p).read_text()) for p in opts.evaluations]
     results = {e["model"]: model_result(e) for e in evaluations}
@@ -159,7 +162,10 @@ def main() -> None:
         print(markdown(model, result))
     if opts.budget_from is not None:
         (evaluation,) = [e for e in evaluations if e["model"] == opts.budget_from]
-        points = budget(evaluation)
+        by_tokens = dict(evaluation["by_tokens"])
+        for path in opts.budget_extra:
+            by_tokens |= json.loads(Path(path).read_text())["by_tokens"]
+        points = budget({**evaluation, "by_tokens": by_tokens})
         write_result(
             opts.budget_out,
             {
@@ -167,6 +173,7 @@ def main() -> None:
                 "k": 32,
                 "training_command": evaluation["training"]["command"],
                 "evaluation_command": evaluation["command"],
+                "extra_evaluations": opts.budget_extra,
                 "n_eval_tokens": evaluation["n_eval_tokens"],
                 "points": points,
             },

@@ -125,10 +125,6 @@ def main() -> None:
         cfg.checkpoint_path = opts.checkpoint_path  # as given: no random suffix
         cfg.save_final_checkpoint = opts.save_final_checkpoint
         cfg.resume_from_checkpoint = opts.resume_from_checkpoint
-    print(f"{opts.model} layer {layer}: {len(configs)} layers, {opts.tokens:,} tokens each")
-    started = time.perf_counter()
-    train_layers(model, configs, snapshot_tokens=opts.snapshots, snapshot_path=work / "snapshots")
-    seconds = time.perf_counter() - started
     manifest = {
         **environment(),
         "model": opts.model,
@@ -139,10 +135,17 @@ def main() -> None:
         "min_shuffle_tokens": PairedActivationsStore.min_shuffle_tokens,
         "snapshots": sorted(opts.snapshots),
         "resumed_from": opts.resume_from_checkpoint,
-        "seconds": round(seconds, 1),
-        "end_to_end_tokens_per_second": round(opts.tokens / seconds),
+        "seconds": None,  # still running: snapshots can be evaluated already
         "layers": specs,
     }
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    print(f"{opts.model} layer {layer}: {len(configs)} layers, {opts.tokens:,} tokens each")
+    started = time.perf_counter()
+    train_layers(model, configs, snapshot_tokens=opts.snapshots, snapshot_path=work / "snapshots")
+    seconds = time.perf_counter() - started
+    manifest["seconds"] = round(seconds, 1)
+    manifest["end_to_end_tokens_per_second"] = round(opts.tokens / seconds)
     (work / "manifest.json").write_text(json.dumps(manifest, indent=2))
     print(f"trained in {seconds:.0f} s; wrote {work / 'manifest.json'}")
 

@@ -34,9 +34,9 @@ class DemoOptions:
     """A bundled model (see mxd_saelens.zoo.list_models())."""
     layer: int | None = None
     """The MLP to replace; default: the model's default layer."""
-    training_tokens: int = 4_000_000
-    """Tokens per layer (the MxD starts from D = 0 and trails the transcoders for the first
-    million tokens or so; by 4M it is well ahead)."""
+    training_tokens: int = 2_000_000
+    """Tokens per layer (the MxD starts from D = 0 and is level with the transcoders around 1M
+    tokens; by 2M its ΔCE is well under half the TopK transcoder's)."""
     k: int = 32
     """Active experts (MxD) or latents (transcoders) per token."""
     expansion: int = 32
@@ -44,8 +44,9 @@ class DemoOptions:
     batch_tokens: int = 2048
     lr: float = 1e-2
     """Adam learning rate, constant after a warm-up over the first 5 % of steps; the paper's
-    1e-4 is for 480M tokens, short runs need more (1e-2 beat 3e-3 and 1e-3 for both the MxD
-    and the TopK transcoder: benchmarks/results/lr_sweep.json)."""
+    1e-4 is for 480M tokens, short runs need more (at 1M tokens, 1e-2 gave the MxD the lowest
+    ΔCE and KL of 1e-3, 3e-3 and 1e-2, and the TopK transcoder the lowest KL with a ΔCE
+    within noise of 3e-3's: benchmarks/results/lr_sweep.json)."""
     context_size: int = 128
     eval_sequences: int | None = None
     """Held-out sequences to evaluate on; default: the whole held-out split (~2,400)."""

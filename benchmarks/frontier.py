@@ -51,6 +51,7 @@ def model_result(evaluation: dict[str, Any]) -> dict[str, Any]:
         row.update({k: v for k, v in full.items() if k.startswith("dead_feature_aux")})
     return {
         "layer": evaluation["layer"],
+        "tokens_per_layer": evaluation["tokens_per_layer"],
         "n_eval_sequences": evaluation["n_sequences"],
         "n_eval_tokens": evaluation["n_eval_tokens"],
         "training_seconds": evaluation["training"]["seconds"],
@@ -65,9 +66,10 @@ def markdown(model: str, result: dict[str, Any]) -> str:
     by = {(r["architecture"], r["k"]): r for r in result["rows"] if r["name"].count("-") == 1}
     pairs = {(c["a"], c["b"]): c for c in result["comparisons"]}
     lines = [
-        f"**{model}** (layer {result['layer']}, {result['n_eval_tokens']:,} held-out tokens)",
+        f"**{model}**, layer {result['layer']}, {result['tokens_per_layer']:,} training tokens "
+        "per layer:",
         "",
-        "| k | MxD ΔCE | TopK TC ΔCE | skip TC ΔCE | MxD / TopK | paired diff / SE "
+        "| k | MxD ΔCE (L0) | TopK TC ΔCE | skip TC ΔCE | MxD / TopK | (TopK − MxD) / paired SE "
         "| MxD / skip | dead: MxD, TopK, skip |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -78,7 +80,7 @@ def markdown(model: str, result: dict[str, Any]) -> str:
         mt = pairs.get((m["name"], t["name"]), {})
         ms = pairs.get((m["name"], s["name"]), {})
         lines.append(
-            f"| {k} | {m['delta_ce']:.4f} ± {m['delta_ce_se']:.4f} "
+            f"| {k} | {m['delta_ce']:.4f} ± {m['delta_ce_se']:.4f} ({m['l0']:.1f}) "
             f"| {t['delta_ce']:.4f} ± {t['delta_ce_se']:.4f} "
             f"| {s['delta_ce']:.4f} ± {s['delta_ce_se']:.4f} "
             f"| {mt.get('delta_ce_ratio', float('nan')):.2f} "

@@ -10,8 +10,10 @@ exclusion, sequence slicing, dtypes, devices, raw or pretokenized datasets) appl
 The shuffle buffer is this module's own so that its contents and random state go into
 checkpoints: a resumed run sees exactly the batches the uninterrupted run would have seen. It
 pools at least ``MIN_SHUFFLE_TOKENS`` tokens (about 60 documents of the bundled corpus; all the
-training tokens when a run is shorter) before serving, whatever ``n_batches_in_buffer`` says: a layer trained on batches drawn from a few
-documents at a time sees correlated, slowly drifting data and learns markedly worse.
+training tokens when a run is shorter) before serving, whatever ``n_batches_in_buffer`` says:
+a layer trained on batches drawn from a few documents at a time sees correlated, slowly
+drifting data and learns markedly worse (an MxD's ΔCE doubled with a 16k-token buffer:
+benchmarks/results/mixing.json).
 """
 
 from __future__ import annotations

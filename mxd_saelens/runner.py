@@ -222,7 +222,9 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
         self.activations_store = PairedActivationsStore.from_runner_config(
             self.model, cfg, self.hooks, override_dataset=override_dataset
         )
-        self.sae = override_sae.to(cfg.device) if override_sae else build_training_layer(cfg)
+        self.sae = (
+            override_sae.to(cfg.device) if override_sae is not None else build_training_layer(cfg)
+        )
         self.evaluator = SpliceEvaluator(  # type: ignore[assignment]
             model=self.model,
             hooks=self.hooks,

@@ -51,7 +51,7 @@ from mxd_saelens.runner import (
 )
 from mxd_saelens.sources import load_dataset_source, load_language_model
 from mxd_saelens.splice import SplicedLayer
-from mxd_saelens.trainer import PairedSAETrainer, TrainingInterrupted
+from mxd_saelens.trainer import PairedSAETrainer, stop_with_checkpoint
 
 # fields each layer may set for itself; the rest describe the shared data or the run
 PER_LAYER_FIELDS = frozenset(
@@ -200,15 +200,12 @@ class MultiPairedTrainer(MultiSAETrainer):
             super()._checkpoint_if_needed()
             self._snapshot_if_needed()
             if self.stop_requested:
-                name = str(self.n_training_samples)
-                self.save_checkpoint(checkpoint_name=name)
-                base = self.cfg.checkpoint_path
-                raise TrainingInterrupted(Path(base) / name if base is not None else None)
+                stop_with_checkpoint(self)
         finally:
             self._advance_steps(-1)
 
     def _snapshot_if_needed(self) -> None:
-        due = [t for t in self.snapshot_tokens if t <= self.n_training_samples]
+        due = any(t <= self.n_training_samples for t in self.snapshot_tokens)
         if due and self.snapshot_fn is not None:
             self.snapshot_fn(self.n_training_samples, self.saes)
         self.snapshot_tokens = [t for t in self.snapshot_tokens if t > self.n_training_samples]

@@ -38,6 +38,15 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.checkpoint = checkpoint
 
 
+def stop_with_checkpoint(trainer: Any) -> None:
+    """Save a checkpoint named after the samples seen and raise :class:`TrainingInterrupted`:
+    what a stop request does at a step boundary, for one trainer or a coordinator of several."""
+    name = str(trainer.n_training_samples)
+    trainer.save_checkpoint(checkpoint_name=name)
+    base = trainer.cfg.checkpoint_path
+    raise TrainingInterrupted(Path(base) / name if base is not None else None)
+
+
 class PairedSAETrainer(SAETrainer[Any, Any]):
     stop_requested: bool = False
 
@@ -54,10 +63,7 @@ class PairedSAETrainer(SAETrainer[Any, Any]):
         try:
             super()._checkpoint_if_needed()
             if self.stop_requested:
-                name = str(self.n_training_samples)
-                self.save_checkpoint(checkpoint_name=name)
-                base = self.cfg.checkpoint_path
-                raise TrainingInterrupted(Path(base) / name if base is not None else None)
+                stop_with_checkpoint(self)
         finally:
             self.n_training_steps -= 1
 

@@ -18,7 +18,9 @@ benchmarks/results/mixing.json).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,28 @@ from mxd_saelens.hooks import MLPHooks
 
 PAIRED_STATE_FILENAME = "paired_activations_state.safetensors"
 MIN_SHUFFLE_TOKENS = 2**17
+
+# SAELens's advice that does not apply to the bundled corpus: it is a few MB of raw text,
+# tokenized as it streams, and read for several epochs by design
+_BUNDLED_CORPUS_NOTICES = (
+    "Dataset is not tokenized",
+    "The training dataset contains fewer samples",
+)
+
+
+def is_bundled_corpus(dataset_path: str) -> bool:
+    return dataset_path == "zoo" or dataset_path.startswith("zoo:")
+
+
+@contextmanager
+def store_notices_silenced(silence: bool = True) -> Iterator[None]:
+    """Build SAELens stores without those notices (when ``silence``): for the bundled corpus,
+    or a store that only cuts text into sequences. A user's own training data keeps them."""
+    with warnings.catch_warnings():
+        if silence:
+            for notice in _BUNDLED_CORPUS_NOTICES:
+                warnings.filterwarnings("ignore", message=notice, category=UserWarning)
+        yield
 
 
 class ShuffleBuffer:
@@ -129,7 +153,8 @@ class PairedActivationsStore(ActivationsStore):
         pairs = [hooks] if isinstance(hooks, MLPHooks) else list(hooks)
         if not pairs:
             raise ValueError("give at least one pair of MLP hooks.")
-        store = cls.from_config(model, cfg, override_dataset=override_dataset)
+        with store_notices_silenced(is_bundled_corpus(cfg.dataset_path)):
+            store = cls.from_config(model, cfg, override_dataset=override_dataset)
         assert isinstance(store, PairedActivationsStore)
         store.pairs = pairs
         store.hooks = pairs[0]

@@ -51,7 +51,7 @@ from mxd_saelens.runner import (
 )
 from mxd_saelens.sources import load_dataset_source, load_language_model
 from mxd_saelens.splice import SplicedLayer
-from mxd_saelens.trainer import PairedSAETrainer, stop_with_checkpoint
+from mxd_saelens.trainer import PairedSAETrainer, RunEndMixin, stop_with_checkpoint
 
 # fields each layer may set for itself; the rest describe the shared data or the run
 PER_LAYER_FIELDS = frozenset(
@@ -142,7 +142,7 @@ class MultiSpliceEvaluator:
         return out
 
 
-class MultiPairedTrainer(MultiSAETrainer):
+class MultiPairedTrainer(RunEndMixin, MultiSAETrainer):
     """SAELens's ``MultiSAETrainer`` driving one :class:`PairedSAETrainer` per layer, each with
     its own trainer config (learning rate, schedule …), plus stop requests and snapshots."""
 

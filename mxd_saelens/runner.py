@@ -30,7 +30,12 @@ from sae_lens.training.activations_store import ActivationsStore
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookedRootModule
 
-from mxd_saelens.activations import PairedActivationsStore
+from mxd_saelens import zoo
+from mxd_saelens.activations import (
+    PairedActivationsStore,
+    is_bundled_corpus,
+    store_notices_silenced,
+)
 from mxd_saelens.evaluation import evaluate_splice, flatten_metrics
 from mxd_saelens.hooks import MLPHooks, check_mlp_pair, resolve_mlp_hooks
 from mxd_saelens.sources import load_dataset_source, load_language_model
@@ -142,7 +147,10 @@ def set_layer_metadata(
     metadata.hook_head_index = cfg.hook_head_index
     metadata.context_size = cfg.context_size
     metadata.seqpos_slice = cfg.seqpos_slice
-    metadata.model_from_pretrained_kwargs = cfg.model_from_pretrained_kwargs
+    # a bundled model takes no loading options; recording SAELens's default would make every
+    # load of the layer warn about them
+    bundled = cfg.model_name in zoo.list_models()
+    metadata.model_from_pretrained_kwargs = {} if bundled else cfg.model_from_pretrained_kwargs
     metadata.prepend_bos = cfg.prepend_bos
     metadata.exclude_special_tokens = cfg.exclude_special_tokens
     metadata.sequence_separator_token = cfg.sequence_separator_token
@@ -166,7 +174,8 @@ def evaluation_tokens(
 ) -> Tensor:
     """A fixed set of sequences for eval steps and the hook check, read by a store of its own
     so that evaluating never moves the training stream."""
-    store = ActivationsStore.from_config(model, cfg, override_dataset=dataset)
+    with store_notices_silenced(is_bundled_corpus(cfg.dataset_path)):
+        store = ActivationsStore.from_config(model, cfg, override_dataset=dataset)
     batch = cfg.eval_batch_size_prompts or cfg.store_batch_size_prompts
     return torch.cat([store.get_batch_tokens(batch) for _ in range(cfg.n_eval_batches)])
 
@@ -280,11 +289,12 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
         try:
             with _stop_on_signals(trainer):
                 sae = trainer.fit()
+            # the final save logs a wandb artifact, so it runs before the run is finished
+            if self.cfg.output_path is not None:
+                self.save_final_sae(sae, self.cfg.output_path, trainer.log_feature_sparsity)
         finally:
             if self.cfg.logger.log_to_wandb:
                 wandb.finish()
-        if self.cfg.output_path is not None:
-            self.save_final_sae(sae, self.cfg.output_path, trainer.log_feature_sparsity)
         return sae
 
 

@@ -8,6 +8,7 @@ import torch
 from sae_lens.training.activations_store import ActivationsStore
 from transformer_lens.hook_points import HookedRootModule
 
+from mxd_saelens.activations import store_notices_silenced
 from mxd_saelens.sources import load_dataset_source
 
 
@@ -29,7 +30,26 @@ def token_sequences(
     if isinstance(dataset, str):
         dataset = load_dataset_source(dataset) or dataset
     batch = n_sequences or 1
-    store = ActivationsStore(
+    # the store only cuts text into sequences here: its training notices do not apply
+    with store_notices_silenced():
+        store = _sequence_store(model, dataset, context_size, batch, prepend_bos)
+    if n_sequences is None:
+        return _all_sequences(store, context_size)
+    try:
+        return store.get_batch_tokens(
+            n_sequences, raise_at_epoch_end=True, move_to_model_device=False
+        )
+    except StopIteration:
+        raise ValueError(
+            f"the dataset holds fewer than {n_sequences} sequences of {context_size} tokens; "
+            "ask for fewer sequences, a shorter context, or give more text."
+        ) from None
+
+
+def _sequence_store(
+    model: Any, dataset: Any, context_size: int, batch: int, prepend_bos: bool
+) -> ActivationsStore:
+    return ActivationsStore(
         model=model,
         dataset=dataset,
         streaming=False,
@@ -46,17 +66,6 @@ def token_sequences(
         device=torch.device("cpu"),
         dtype="float32",
     )
-    if n_sequences is None:
-        return _all_sequences(store, context_size)
-    try:
-        return store.get_batch_tokens(
-            n_sequences, raise_at_epoch_end=True, move_to_model_device=False
-        )
-    except StopIteration:
-        raise ValueError(
-            f"the dataset holds fewer than {n_sequences} sequences of {context_size} tokens; "
-            "ask for fewer sequences, a shorter context, or give more text."
-        ) from None
 
 
 def _all_sequences(store: ActivationsStore, context_size: int) -> torch.Tensor:

@@ -9,6 +9,9 @@
 - The firing statistics of a layer with sparse codes are counted from the codes' indices: the
   same numbers as SAELens's reductions over a ``[tokens, d_sae]`` sparse tensor, which would
   otherwise cost about as much as the layer's whole step.
+- With wandb on, the splice evaluation also runs at the last step, so a run shorter than the
+  evaluation interval still logs ``eval/*``; the progress bar advances every step and ends at
+  100 %.
 
 ``_train_step`` mirrors ``SAETrainer._train_step`` of SAELens 6.x step for step (forward,
 firing statistics, backward, gradient clipping at norm 1, Adam, schedulers); it is the one
@@ -17,6 +20,7 @@ place where this package depends on that private method.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +51,45 @@ def stop_with_checkpoint(trainer: Any) -> None:
     raise TrainingInterrupted(Path(base) / name if base is not None else None)
 
 
-class PairedSAETrainer(SAETrainer[Any, Any]):
+class RunEndMixin:
+    """Evaluation at the last step and a progress bar that counts every step, for SAELens's
+    single and multi-layer trainers (which evaluate every ``wandb_log_frequency ·
+    eval_every_n_wandb_logs`` steps and advance the bar in strides of 100 steps)."""
+
+    cfg: Any
+    n_training_steps: int
+    n_training_samples: int
+
+    def _run_and_log_evals(self) -> None:
+        logger = self.cfg.logger
+        interval = logger.wandb_log_frequency * logger.eval_every_n_wandb_logs
+        on_schedule = (self.n_training_steps + 1) % interval == 0
+        if on_schedule or self.n_training_samples < self.cfg.total_training_samples:
+            super()._run_and_log_evals()  # type: ignore[misc]
+            return
+        # the last step: evaluate now, through SAELens's own logging of the metrics
+        self.cfg.logger = replace(logger, wandb_log_frequency=1, eval_every_n_wandb_logs=1)
+        try:
+            super()._run_and_log_evals()  # type: ignore[misc]
+        finally:
+            self.cfg.logger = logger
+
+    @torch.no_grad()
+    def _update_pbar(self, step_output: Any, pbar: Any, update_interval: int = 100) -> None:
+        last = self.n_training_samples >= self.cfg.total_training_samples
+        if self.n_training_steps % update_interval == 0 or last:
+            pbar.set_description(f"{self.n_training_steps}| {_loss_text(step_output)}")
+        pbar.update(self.n_training_samples - pbar.n)
+
+
+def _loss_text(step_output: Any) -> str:
+    """``name: value`` of every loss of one step (or of each layer's total, for several)."""
+    if isinstance(step_output, dict):
+        return " | ".join(f"{name}: {out.loss.item():.4f}" for name, out in step_output.items())
+    return " | ".join(f"{name}: {float(value):.5f}" for name, value in step_output.losses.items())
+
+
+class PairedSAETrainer(RunEndMixin, SAETrainer[Any, Any]):
     stop_requested: bool = False
 
     def __init__(self, *args: Any, **kwargs: Any):

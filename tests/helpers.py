@@ -95,3 +95,8 @@ def _wandb_records(data: bytes) -> list[Any]:
         record.ParseFromString(payload)
         records.append(record)
     return records
+
+
+def wandb_record_kinds(run_file: Path) -> list[str]:
+    """The kind of every record in an offline wandb run file (``history``, ``artifact`` …)."""
+    return [r.WhichOneof("record_type") for r in _wandb_records(run_file.read_bytes())]

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ import mxd_saelens.hooks
 from mxd_saelens.config import runner_config
 from mxd_saelens.runner import PairedTrainingRunner
 from mxd_saelens.trainer import TrainingInterrupted
-from tests.helpers import wandb_history, wandb_run_file_since
+from tests.helpers import wandb_history, wandb_record_kinds, wandb_run_file_since
 
 D, H, LAYER = 32, 128, 1
 HOOK_IN, HOOK_OUT = f"blocks.{LAYER}.ln2.hook_normalized", f"blocks.{LAYER}.hook_mlp_out"
@@ -219,6 +220,40 @@ def test_wandb_offline_logs_training_and_splice_metrics(tiny_model, text_dataset
     assert logged["eval/ce_spliced"] > 0 and logged["eval/ce_clean"] > 0
 
 
+def test_wandb_run_with_an_output_path_saves_logs_the_artifact_and_evaluates_at_the_end(
+    tiny_model, text_dataset, tmp_path, capsys
+):
+    """SAELens's default evaluation interval (every 1000 steps) is longer than this run: the
+    splice metrics are still logged, once, at the last step; the final save happens while the
+    wandb run is open, so its artifact is logged; the progress bar ends at 100 %."""
+    started = time.time()
+    steps = 6
+    cfg = runner_config(
+        "mxd",
+        hook_name=HOOK_IN,
+        d_in=D,
+        n_experts=64,
+        k=4,
+        d_hidden=H,
+        training_tokens=256 * steps,
+        checkpoint_path=None,
+        output_path=str(tmp_path / "out"),
+        log_to_wandb=True,
+        wandb_project="mxd-test",
+        **SMALL_RUN,
+    )
+    assert cfg.logger.wandb_log_frequency * cfg.logger.eval_every_n_wandb_logs > steps
+    PairedTrainingRunner(cfg, override_model=tiny_model, override_dataset=text_dataset).run()
+    assert type(SAE.load_from_disk(tmp_path / "out")) is mxd.MxD
+    run_file = wandb_run_file_since(started)
+    rows = wandb_history(run_file)
+    evals = [row for row in rows if "eval/delta_ce" in row]
+    assert len(evals) == 1 and evals[0]["_step"] == steps - 1
+    assert "eval/dead_fraction" in evals[0]
+    assert "artifact" in wandb_record_kinds(run_file)
+    assert "100%" in capsys.readouterr().err
+
+
 def test_three_ways_to_configure_are_equivalent() -> None:
     flat = runner_config(
         "mxd",
@@ -375,3 +410,35 @@ def test_pretokenized_data_with_special_tokens_excluded(tiny_model, text_dataset
     _, cache = tiny_model.run_with_cache(torch.cat([bos, rows], 1)[:1], names_filter=[HOOK_IN])
     bos_x = cache[HOOK_IN][0, 0]
     assert not torch.isclose(batch[:, :D], bos_x, atol=1e-6).all(-1).any()
+
+
+def test_training_on_the_bundled_model_and_corpus_raises_no_warning(tmp_path):
+    """SAELens's notices about raw text and epochs are noise for the bundled corpus, and a
+    layer of a bundled model records no loading options, so loading it does not warn."""
+    cfg = runner_config(
+        "mxd",
+        model_name="tiny-gelu",
+        dataset_path="zoo",
+        layer=2,
+        d_in=128,
+        n_experts=256,
+        k=8,
+        d_hidden=512,
+        activation="gelu_tanh",
+        training_tokens=1024 * 4,
+        train_batch_size_tokens=1024,
+        context_size=128,
+        store_batch_size_prompts=8,
+        n_eval_batches=1,
+        eval_batch_size_prompts=4,
+        checkpoint_path=None,
+        output_path=str(tmp_path / "out"),
+        log_to_wandb=False,
+        verbose=False,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        PairedTrainingRunner(cfg).run()
+        SAE.load_from_disk(tmp_path / "out")
+    user_warnings = [str(w.message)[:80] for w in caught if issubclass(w.category, UserWarning)]
+    assert user_warnings == []

@@ -47,6 +47,7 @@ from mxd_saelens.runner import (
     evaluation_tokens,
     initial_output_bias,
     set_layer_metadata,
+    start_wandb_run,
     wants_hook_check,
 )
 from mxd_saelens.sources import load_dataset_source, load_language_model
@@ -344,13 +345,7 @@ class MultiPairedTrainingRunner:
             set_layer_metadata(sae, self.cfgs[name], self.hooks[name])
         log_to_wandb = self.cfg.logger.log_to_wandb
         if log_to_wandb:
-            wandb.init(
-                project=self.cfg.logger.wandb_project,
-                entity=self.cfg.logger.wandb_entity,
-                config={name: cfg.to_dict() for name, cfg in self.cfgs.items()},
-                name=self.cfg.logger.run_name,
-                id=self.cfg.logger.wandb_id,
-            )
+            start_wandb_run(self.cfg.logger, {n: cfg.to_dict() for n, cfg in self.cfgs.items()})
         try:
             provider = PairSplitter(self.activations_store, self.columns)
             trainer = MultiPairedTrainer(

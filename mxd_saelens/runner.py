@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import wandb
 from sae_lens import logger
-from sae_lens.config import LanguageModelSAERunnerConfig
+from sae_lens.config import LanguageModelSAERunnerConfig, LoggingConfig
 from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
 from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
 from sae_lens.training.activation_scaler import ActivationScaler
@@ -157,6 +157,29 @@ def set_layer_metadata(
     metadata.disable_concat_sequences = cfg.disable_concat_sequences
 
 
+class WandbNotConfigured(ValueError):
+    """wandb logging is on (SAELens's default) but wandb cannot start a run."""
+
+
+def start_wandb_run(logging: LoggingConfig, config: dict[str, Any]) -> None:
+    """``wandb.init`` from SAELens's logging config, with the ways out named when wandb has no
+    account to log to."""
+    try:
+        wandb.init(
+            project=logging.wandb_project,
+            entity=logging.wandb_entity,
+            config=config,
+            name=logging.run_name,
+            id=logging.wandb_id,
+        )
+    except wandb.errors.UsageError as error:
+        raise WandbNotConfigured(
+            f"wandb could not start a run ({error}). Log in with `wandb login`, log offline "
+            "with WANDB_MODE=offline, or turn logging off with log_to_wandb=False "
+            "(--log_to_wandb False)."
+        ) from error
+
+
 @torch.no_grad()
 def initial_output_bias(targets: Iterator[Tensor], d_out: int, n_batches: int) -> Tensor:
     """The mean target over ``n_batches`` batches of ``[batch, d_out]`` targets."""
@@ -264,13 +287,7 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
     def run(self) -> TrainingSAE[Any]:
         self._set_sae_metadata()
         if self.cfg.logger.log_to_wandb:
-            wandb.init(
-                project=self.cfg.logger.wandb_project,
-                entity=self.cfg.logger.wandb_entity,
-                config=self.cfg.to_dict(),
-                name=self.cfg.logger.run_name,
-                id=self.cfg.logger.wandb_id,
-            )
+            start_wandb_run(self.cfg.logger, self.cfg.to_dict())
         trainer = PairedSAETrainer(
             cfg=self.cfg.to_sae_trainer_config(),
             sae=self.sae,

@@ -79,7 +79,8 @@ class RunEndMixin:
         last = self.n_training_samples >= self.cfg.total_training_samples
         if self.n_training_steps % update_interval == 0 or last:
             pbar.set_description(f"{self.n_training_steps}| {_loss_text(step_output)}")
-        pbar.update(self.n_training_samples - pbar.n)
+        # the last batch may overshoot the budget: the bar stops at its total
+        pbar.update(min(self.n_training_samples, self.cfg.total_training_samples) - pbar.n)
 
 
 def _loss_text(step_output: Any) -> str:

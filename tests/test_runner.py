@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -442,3 +444,30 @@ def test_training_on_the_bundled_model_and_corpus_raises_no_warning(tmp_path):
         SAE.load_from_disk(tmp_path / "out")
     user_warnings = [str(w.message)[:80] for w in caught if issubclass(w.category, UserWarning)]
     assert user_warnings == []
+
+
+def test_wandb_without_an_account_names_the_ways_out(tmp_path):
+    """wandb logging is SAELens's default; with no login and no WANDB_MODE, the run stops
+    before training with the three ways out, not wandb's bare "No API key configured"."""
+    script = """
+import mxd_saelens
+from mxd_saelens.runner import PairedTrainingRunner, WandbNotConfigured
+cfg = mxd_saelens.runner_config(
+    "mxd", model_name="tiny-gelu", dataset_path="zoo", layer=2, d_in=128, n_experts=64, k=4,
+    d_hidden=512, activation="gelu_tanh", training_tokens=2048, context_size=128,
+    checkpoint_path=None, verbose=False,
+)
+assert cfg.logger.log_to_wandb
+try:
+    PairedTrainingRunner(cfg).run()
+except WandbNotConfigured as error:
+    print("REFUSED", error)
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path), WANDB_DIR=str(tmp_path), WANDB_CONFIG_DIR=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert "REFUSED" in done.stdout, done.stderr[-2000:]
+    for way_out in ("wandb login", "WANDB_MODE=offline", "log_to_wandb=False"):
+        assert way_out in done.stdout

@@ -76,10 +76,14 @@ def splice(
     layers: nn.Module | SplicedLayer | dict[int, nn.Module] | Sequence[Any],
     use_error_term: bool = False,
 ) -> Iterator[list[SplicedLayer]]:
-    """Replace the MLP output of each given layer's block by the layer's output."""
+    """Replace the MLP output of each given layer's block by the layer's output.
+
+    The hooks are TransformerLens context hooks (``model.hooks``): leaving the block removes
+    exactly them, and a ``model.reset_hooks()`` inside it removes them early without error.
+    """
     spliced = _as_spliced(model, layers)
     captured: dict[int, torch.Tensor] = {}
-    handles: list[tuple[HookPoint, Any]] = []
+    fwd_hooks: list[tuple[str, Any]] = []
 
     for index, item in enumerate(spliced):
 
@@ -95,21 +99,12 @@ def splice(
                 out = out + (acts - _clean_output(item.layer, mlp_in))
             return out
 
-        handles.append(_add_hook(model.hook_dict[item.hooks.hook_in], capture))
-        handles.append(_add_hook(model.hook_dict[item.hooks.hook_out], replace))
+        fwd_hooks += [(item.hooks.hook_in, capture), (item.hooks.hook_out, replace)]
     try:
-        yield spliced
+        with model.hooks(fwd_hooks=fwd_hooks):
+            yield spliced
     finally:
-        for hook_point, handle in handles:
-            # remove only our own hooks; anything the user attached stays
-            handle.hook.remove()
-            hook_point.fwd_hooks.remove(handle)
         captured.clear()
-
-
-def _add_hook(hook_point: HookPoint, fn: Any) -> tuple[HookPoint, Any]:
-    hook_point.add_hook(fn)
-    return hook_point, hook_point.fwd_hooks[-1]
 
 
 def spliced_forward(

@@ -66,16 +66,12 @@ def steering(
             acts[..., code] += strength
         return acts
 
-    hook_point: HookPoint = layer.hook_sae_acts_post  # type: ignore[assignment]
-    hook_point.add_hook(add)
-    handle = hook_point.fwd_hooks[-1]
-    try:
-        with splice(model, layer, use_error_term=True):
-            yield
-    finally:
-        # remove only this hook; anything else attached to the layer stays
-        handle.hook.remove()
-        hook_point.fwd_hooks.remove(handle)
+    # a context hook on the layer's own hook point: leaving removes exactly it
+    with (
+        layer.hooks(fwd_hooks=[("hook_sae_acts_post", add)]),  # type: ignore[operator]
+        splice(model, layer, use_error_term=True),
+    ):
+        yield
 
 
 def prompt_tokens(model: HookedRootModule, prompt: str) -> Tensor:

@@ -119,6 +119,27 @@ def test_error_term_keeps_the_output_exact_and_lets_edits_through(tiny_model, he
     assert (steered - clean).abs().max() > 1e-3
 
 
+def test_reset_hooks_inside_a_splice_and_errors_escaping_it_are_handled(
+    tiny_model, heldout_tokens
+):
+    layer = random_layer("mxd")
+    clean = tiny_model(heldout_tokens)
+    mlp_out = tiny_model.hook_dict[f"blocks.{LAYER}.hook_mlp_out"]
+    # the user's own hook outlives the splice
+    mlp_out.add_hook(lambda acts, hook: None)
+    with splice(tiny_model, layer):
+        assert len(mlp_out.fwd_hooks) == 2
+        tiny_model.reset_hooks()  # removes the splice's hooks (and the user's) early
+        torch.testing.assert_close(tiny_model(heldout_tokens), clean)
+    assert not mlp_out.fwd_hooks
+
+    mlp_out.add_hook(lambda acts, hook: None)
+    with pytest.raises(RuntimeError, match="raised inside"), splice(tiny_model, layer):
+        raise RuntimeError("raised inside the splice")
+    assert len(mlp_out.fwd_hooks) == 1  # only the user's hook is left
+    tiny_model.reset_hooks()
+
+
 def test_html_report_holds_the_plotted_points(tmp_path: Path):
     rows = [
         {

@@ -81,6 +81,19 @@ def _check_layer(model: HookedRootModule, layer: int) -> None:
         )
 
 
+def _check_same_block(hook_in: str, hook_out: str) -> None:
+    """A paired layer stands in for one block's MLP: both hooks must be in that block (the
+    store stops the forward after it, and a splice replaces that block's output)."""
+    block_in, block_out = layer_of(hook_in), layer_of(hook_out)
+    if block_in is not None and block_out is not None and block_in != block_out:
+        raise ValueError(
+            f"the input hook {hook_in!r} is in block {block_in} but the output hook "
+            f"{hook_out!r} is in block {block_out}: a layer replaces one block's MLP, so both "
+            f"hooks must be in the same block (for block {block_in}: "
+            f"'blocks.{block_in}.ln2.hook_normalized' → 'blocks.{block_in}.hook_mlp_out')."
+        )
+
+
 def hook_width(model: HookedRootModule, hook_name: str) -> int:
     """The feature width of a residual-stream-shaped or MLP-hidden hook, without running the
     model."""
@@ -115,6 +128,7 @@ def resolve_mlp_hooks(
     hook_out = hook_out or f"blocks.{layer}.hook_mlp_out"
     _check_hook(model, hook_in, "input")
     _check_hook(model, hook_out, "output")
+    _check_same_block(hook_in, hook_out)
     return MLPHooks(
         layer=layer,
         hook_in=hook_in,

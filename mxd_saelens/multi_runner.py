@@ -42,8 +42,11 @@ from mxd_saelens.runner import (
     _check_widths,
     _stop_on_signals,
     build_training_layer,
+    check_against_model,
+    check_checkpoint_folder,
     check_hook_pairs,
     check_runner_config,
+    checkpoint_loading,
     evaluation_tokens,
     initial_output_bias,
     set_layer_metadata,
@@ -272,12 +275,15 @@ class MultiPairedTrainingRunner:
                     "'none', or train the layer with PairedTrainingRunner."
                 )
         check_shared_fields(self.cfgs)
+        if self.cfg.resume_from_checkpoint is not None:
+            check_checkpoint_folder(self.cfg.resume_from_checkpoint)
         self.model = override_model or load_language_model(
             self.cfg.model_name,
             self.cfg.model_class_name,
             device=self.cfg.llm_device or self.cfg.device,
             model_from_pretrained_kwargs=self.cfg.model_from_pretrained_kwargs,
         )
+        check_against_model(self.model, self.cfg)
         if override_dataset is None:
             override_dataset = load_dataset_source(self.cfg.dataset_path)
         outs = hook_names_out or {}
@@ -360,7 +366,8 @@ class MultiPairedTrainingRunner:
             )
             resume = self.cfg.resume_from_checkpoint
             if resume is not None:
-                trainer.load_checkpoint(resume)
+                with checkpoint_loading(resume):
+                    trainer.load_checkpoint(resume)
                 self.activations_store.load_from_checkpoint(resume)
             else:
                 self._initialize_from_data(provider)

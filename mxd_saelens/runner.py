@@ -13,16 +13,19 @@ for a pair of hooks that is meant not to be the MLP's).
 
 from __future__ import annotations
 
+import pickle
 import signal
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import wandb
 from sae_lens import logger
 from sae_lens.config import LanguageModelSAERunnerConfig, LoggingConfig
+from sae_lens.constants import DTYPE_MAP, TRAINER_STATE_FILENAME
 from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
 from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
 from sae_lens.training.activation_scaler import ActivationScaler
@@ -99,6 +102,79 @@ def check_runner_config(cfg: LanguageModelSAERunnerConfig[Any]) -> None:
         )
     if cfg.hook_head_index is not None:
         raise ValueError("hook_head_index does not apply to MLP hooks; leave it as None.")
+    if cfg.use_cached_activations:
+        raise ValueError(
+            "cached activations hold a single hook; paired training needs the MLP's input "
+            "and output from the same forward. Set use_cached_activations=False."
+        )
+    _check_numbers(cfg)
+    for field, dtype in (("dtype", cfg.dtype), ("sae.dtype", cfg.sae.dtype)):
+        if dtype not in DTYPE_MAP:
+            raise ValueError(
+                f"{field}={dtype!r} is not a dtype; choose one of {sorted(DTYPE_MAP)}."
+            )
+    for field, device in (("device", cfg.device), ("llm_device", cfg.llm_device)):
+        if device is not None:
+            _check_device(field, device)
+
+
+def _check_numbers(cfg: LanguageModelSAERunnerConfig[Any]) -> None:
+    for field in ("training_tokens", "context_size", "train_batch_size_tokens", "lr"):
+        value = getattr(cfg, field)
+        if not value > 0:  # also catches NaN
+            raise ValueError(f"{field}={value!r} must be positive.")
+
+
+def _check_device(field: str, device: str) -> None:
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as error:
+        raise ValueError(f"{field}={device!r} is not a torch device ({error}).") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{field}={device!r}, but torch sees no CUDA device here; use 'cpu'.")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{field}={device!r}, but MPS is not available here; use 'cpu'.")
+
+
+def check_against_model(model: HookedRootModule, cfg: LanguageModelSAERunnerConfig[Any]) -> None:
+    """What the config asks of the model, checked before any data is read."""
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    if n_ctx is not None and cfg.context_size > n_ctx:
+        raise ValueError(
+            f"context_size={cfg.context_size} is longer than {cfg.model_name}'s context window "
+            f"(n_ctx={n_ctx}); set context_size to at most {n_ctx}."
+        )
+
+
+def check_checkpoint_folder(path: str | Path) -> Path:
+    """A folder to resume from: it exists and holds a trainer state (checked before the model
+    runs, so a typo does not cost a model load and a data pass)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"resume_from_checkpoint={str(path)!r} is not a folder; give a checkpoint folder "
+            "written by an interrupted run (named after its token count, under checkpoint_path)."
+        )
+    if not any(folder.rglob(TRAINER_STATE_FILENAME)):
+        raise FileNotFoundError(
+            f"{folder} holds no {TRAINER_STATE_FILENAME}: it is not a training checkpoint, or "
+            "was only partly copied."
+        )
+    return folder
+
+
+@contextmanager
+def checkpoint_loading(path: str | Path) -> Iterator[None]:
+    """Turn a checkpoint that would need unpickling (``torch.load`` with ``weights_only``, the
+    default since torch 2.6) into an error that names the file."""
+    try:
+        yield
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"the trainer state under {path} holds objects other than tensors and plain "
+            "values; it was not written by this package's runner, and is not unpickled. "
+            f"({str(error).splitlines()[0]})"
+        ) from error
 
 
 def _check_widths(sae_cfg: TrainingSAEConfig, hooks: MLPHooks) -> None:
@@ -231,6 +307,8 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
         check_mlp_hooks: bool | None = None,
     ):
         check_runner_config(cfg)
+        if cfg.resume_from_checkpoint is not None:
+            check_checkpoint_folder(cfg.resume_from_checkpoint)
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         self.model = override_model or load_language_model(
@@ -239,6 +317,7 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
             device=cfg.llm_device or cfg.device,
             model_from_pretrained_kwargs=cfg.model_from_pretrained_kwargs,
         )
+        check_against_model(self.model, cfg)
         if override_dataset is None:
             override_dataset = load_dataset_source(cfg.dataset_path)
         self.hooks = resolve_mlp_hooks(
@@ -297,7 +376,8 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
         )
         if self.cfg.resume_from_checkpoint is not None:
             logger.info(f"Resuming from checkpoint: {self.cfg.resume_from_checkpoint}")
-            trainer.load_trainer_state(self.cfg.resume_from_checkpoint)
+            with checkpoint_loading(self.cfg.resume_from_checkpoint):
+                trainer.load_trainer_state(self.cfg.resume_from_checkpoint)
             self.sae.load_weights_from_checkpoint(self.cfg.resume_from_checkpoint)
             self.activations_store.load_from_checkpoint(self.cfg.resume_from_checkpoint)
         else:

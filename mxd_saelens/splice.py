@@ -30,6 +30,20 @@ class SplicedLayer:
     layer: nn.Module
     hooks: MLPHooks
 
+    def __post_init__(self) -> None:
+        # a layer trained on another model or block: refuse before any forward
+        cfg = getattr(self.layer, "cfg", None)
+        d_in = getattr(cfg, "d_in", None)
+        d_out = getattr(cfg, "d_out", d_in)
+        if d_in is None:
+            return
+        if (d_in, d_out) != (self.hooks.d_in, self.hooks.d_out):
+            raise ValueError(
+                f"the layer maps width {d_in} → {d_out}, but {self.hooks.hook_in!r} → "
+                f"{self.hooks.hook_out!r} of this model is {self.hooks.d_in} → "
+                f"{self.hooks.d_out}: the layer was trained on another model."
+            )
+
 
 def hooks_of(model: HookedRootModule, layer: nn.Module) -> MLPHooks:
     """The input and output hooks a saved layer was trained on."""

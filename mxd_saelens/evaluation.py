@@ -55,6 +55,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookedRootModule, HookPoint
+from transformer_lens.utils import lm_cross_entropy_loss
 
 from mxd_saelens.hooks import MLPHooks, layer_of
 from mxd_saelens.splice import SplicedLayer, hooks_of, run_layer
@@ -226,11 +227,9 @@ class BatchForwards:
         resid = {f"blocks.{b}.hook_resid_pre" for b in starts}
         self.model, self.tokens = model, tokens
         logits, self.cache = model.run_with_cache(tokens, names_filter=sorted(hook_names | resid))
-        self.targets = tokens[:, 1:]  # [batch, pos − 1]
-        self.clean = _next_token_logits(logits)  # [batch, pos − 1, vocab]
-        self.clean_lse = self.clean.logsumexp(-1)
-        self.clean_probs = (self.clean - self.clean_lse[..., None]).exp()
-        self.clean_ce = self.clean_lse - self._target_logits(self.clean)  # [batch, pos − 1]
+        self.clean_log_probs = _next_token_logits(logits).log_softmax(-1)  # [batch, pos − 1, vocab]
+        self.clean_probs = self.clean_log_probs.exp()
+        self.clean_ce = self.ce(logits)  # [batch, pos − 1]
         self._tail_kwargs: dict[str, Any] = {}
         if starts:
             # the embedding step also yields what the blocks need besides the residual stream
@@ -251,23 +250,16 @@ class BatchForwards:
             resid, start_at_layer=block, fwd_hooks=hooks, **self._tail_kwargs
         )
 
-    def _target_logits(self, next_logits: Tensor) -> Tensor:
-        return next_logits.gather(-1, self.targets[..., None])[..., 0]
-
     def ce(self, logits: Tensor) -> Tensor:
-        """Next-token cross-entropy ``[batch, pos − 1]`` (logits ``[batch, pos, vocab]``)."""
-        logits = _next_token_logits(logits)
-        return logits.logsumexp(-1) - self._target_logits(logits)
+        """Next-token cross-entropy ``[batch, pos − 1]`` (logits ``[batch, pos, vocab]``), by
+        TransformerLens's own per-token loss."""
+        return lm_cross_entropy_loss(logits.float(), self.tokens, per_token=True)
 
     def ce_and_kl(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         """Cross-entropy and KL(clean ‖ these logits), each ``[batch, pos − 1]``."""
-        logits = _next_token_logits(logits)
-        lse = logits.logsumexp(-1)
-        ce = lse - self._target_logits(logits)
-        # KL = Σ p_clean (log p_clean − log p) = Σ p_clean (l_clean − l) + lse − lse_clean;
-        # written in logit differences so that equal logits give exactly 0
-        kl = (self.clean_probs * (self.clean - logits)).sum(-1) + lse - self.clean_lse
-        return ce, kl
+        log_probs = _next_token_logits(logits).log_softmax(-1)
+        kl = (self.clean_probs * (self.clean_log_probs - log_probs)).sum(-1)
+        return self.ce(logits), kl
 
 
 def _next_token_logits(logits: Tensor) -> Tensor:

@@ -1,5 +1,5 @@
 # Every target sets itself up: a project-local virtual environment with the CPU build of
-# torch 2.13.0 installed first (override: make test TORCH_SPEC="torch==2.5.1").
+# torch 2.13.0 installed first (override: make test TORCH_SPEC="torch==2.6.0").
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0

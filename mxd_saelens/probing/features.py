@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 from transformer_lens.hook_points import HookedRootModule
 
 from mxd_saelens.probing.codes import CodeSource
@@ -74,7 +75,9 @@ def _batched_codes(
     pad_id = model.tokenizer.pad_token_id or 0  # type: ignore[attr-defined]
     device = getattr(model.cfg, "device", "cpu")  # type: ignore[attr-defined]
     out = []
-    for start in range(0, len(rows), batch_size):
+    starts = range(0, len(rows), batch_size)
+    # probing a few thousand texts takes minutes on a CPU: show where it is
+    for start in tqdm(starts, desc=f"codes of {source.name}", unit="batch", leave=False):
         chunk = rows[start : start + batch_size]
         codes = source.codes(model, _pad(chunk, pad_id).to(device)).cpu()
         out.extend(reduce(codes[i], len(row)) for i, row in enumerate(chunk))

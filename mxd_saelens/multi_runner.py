@@ -52,6 +52,7 @@ from mxd_saelens.runner import (
     set_layer_metadata,
     start_wandb_run,
     wants_hook_check,
+    warm_start_from_model,
 )
 from mxd_saelens.sources import load_dataset_source, load_language_model
 from mxd_saelens.splice import SplicedLayer
@@ -333,6 +334,8 @@ class MultiPairedTrainingRunner:
                 hooks = self.hooks[name]
                 targets = (batch[name][:, hooks.d_in :] for batch in batches)
                 initialize(initial_output_bias(targets, hooks.d_out, n_batches))
+                sample = batches[0][name][:, : hooks.d_in]
+                warm_start_from_model(sae, self.model, hooks, sample, self.cfgs[name].seed)
 
     def _save_checkpoint_files(self, checkpoint_path: Path | None) -> None:
         if checkpoint_path is None:

@@ -44,6 +44,7 @@ from mxd_saelens.hooks import MLPHooks, check_mlp_pair, resolve_mlp_hooks
 from mxd_saelens.sources import load_dataset_source, load_language_model
 from mxd_saelens.splice import SplicedLayer
 from mxd_saelens.trainer import PairedSAETrainer
+from mxd_saelens.warm_start import mlp_weights, warm_start_
 
 SUPPORTED_NORMALIZATIONS = ("none", "expected_average_only_in")
 
@@ -102,6 +103,12 @@ def check_runner_config(cfg: LanguageModelSAERunnerConfig[Any]) -> None:
         )
     if cfg.hook_head_index is not None:
         raise ValueError("hook_head_index does not apply to MLP hooks; leave it as None.")
+    init = getattr(cfg.sae, "init", "paper")
+    if init != "paper" and norm != "none":
+        raise ValueError(
+            f"init={init!r} copies the MLP's weights, which read unscaled activations: use "
+            "normalize_activations='none' with it."
+        )
     if cfg.use_cached_activations:
         raise ValueError(
             "cached activations hold a single hook; paired training needs the MLP's input "
@@ -257,6 +264,24 @@ def start_wandb_run(logging: LoggingConfig, config: dict[str, Any]) -> None:
 
 
 @torch.no_grad()
+def warm_start_from_model(
+    sae: nn.Module, model: HookedRootModule, hooks: MLPHooks, sample_inputs: Tensor, seed: int
+) -> None:
+    """An MxD's ``init`` from the MLP it replaces (after the output bias is set, which
+    ``init="mlp"`` replaces by the MLP's own); nothing for the paper's init or a transcoder."""
+    init = getattr(sae.cfg, "init", "paper")
+    if init == "paper":
+        return
+    if hooks.hook_out != f"blocks.{hooks.layer}.hook_mlp_out":
+        raise ValueError(
+            f"init={init!r} copies block {hooks.layer}'s MLP, but the layer's output hook is "
+            f"{hooks.hook_out!r}, not that MLP's output; use init='paper' for this pair."
+        )
+    weights = mlp_weights(model, hooks.layer)
+    warm_start_(sae, weights, init, sample_inputs, sae.cfg.init_noise, seed)  # type: ignore[union-attr]
+
+
+@torch.no_grad()
 def initial_output_bias(targets: Iterator[Tensor], d_out: int, n_batches: int) -> Tensor:
     """The mean target over ``n_batches`` batches of ``[batch, d_out]`` targets."""
     total = torch.zeros(d_out, dtype=torch.float64)
@@ -362,6 +387,9 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
         targets = (trainer.activation_scaler(batch)[:, self.hooks.d_in :] for batch in store)
         n_batches = max(1, min(8, self.cfg.n_batches_for_norm_estimate))
         initialize(initial_output_bias(targets, self.hooks.d_out, n_batches))
+        if getattr(self.sae.cfg, "init", "paper") != "paper":  # draws a batch only when needed
+            sample = next(store)[:, : self.hooks.d_in]
+            warm_start_from_model(self.sae, self.model, self.hooks, sample, self.cfg.seed)
 
     def run(self) -> TrainingSAE[Any]:
         self._set_sae_metadata()

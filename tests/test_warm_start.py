@@ -89,3 +89,30 @@ def test_paper_init_is_untouched_and_bad_requests_are_refused() -> None:
     narrow = mxd.MxDTrainingSAE(mxd.MxDTrainingSAEConfig(d_in=128, n_experts=32, k=4, d_hidden=256))
     with pytest.raises(ValueError, match="d_hidden"):
         warm_start_(narrow, mlp_weights(model, LAYER), "mlp_encoder")
+
+
+@pytest.mark.parametrize("init", ["mlp_encoder", "mlp"])
+def test_the_runners_start_the_layer_from_the_models_mlp(init: str, tmp_path) -> None:
+    """Through the single and the multi-layer runner: zero training tokens after the start
+    are not possible, so train a few steps at a learning rate too small to move anything."""
+    from mxd_saelens.multi_runner import MultiPairedTrainingRunner
+    from mxd_saelens.runner import PairedTrainingRunner
+
+    model = zoo.load("tiny-gelu")
+    cfg = mxd.runner_config(
+        "mxd", model_name="tiny-gelu", dataset_path="zoo", layer=LAYER, d_in=128,
+        n_experts=96, k=8, init=init, lr=1e-12, training_tokens=2048,
+        train_batch_size_tokens=1024, context_size=128, log_to_wandb=False,
+        checkpoint_path=None, verbose=False, **mlp_shape(model),
+    )  # fmt: skip
+    expected = mlp_weights(model, LAYER)
+    single = PairedTrainingRunner(cfg, override_model=model).run()
+    multi = MultiPairedTrainingRunner({"a": cfg}, override_model=model).run()["a"]
+    for layer in (single, multi):
+        torch.testing.assert_close(layer.W_enc, expected.E, rtol=1e-4, atol=1e-6)
+        if init == "mlp":
+            torch.testing.assert_close(layer.b_dec, expected.b_out, rtol=1e-4, atol=1e-6)
+            ratio = layer.W_dec / expected.D
+            torch.testing.assert_close(ratio, ratio.mean().expand_as(ratio), rtol=1e-3, atol=1e-6)
+        else:
+            assert float(layer.W_dec.abs().max()) < 1e-6

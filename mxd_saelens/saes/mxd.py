@@ -62,6 +62,7 @@ from mxd_saelens.saes.paired import (
     dead_feature_aux_loss,
     paired_training_forward_pass,
 )
+from mxd_saelens.warm_start import check_init
 
 HIDDEN_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu,
@@ -350,6 +351,13 @@ class MxDTrainingSAEConfig(
     d_sae: int = 0
     apply_b_dec_to_input: bool = False
     decoder_init_norm: float | None = None
+    init: str = "paper"
+    """``"paper"``: random E, G, C and D = 0 (the paper). Beyond the paper, from the MLP being
+    replaced (the runner reads it from the model; see ``mxd_saelens.warm_start``):
+    ``"mlp_encoder"``, E from the MLP and D = 0; ``"mlp"``, E and D from the MLP and experts
+    jittered around one shared direction by ``init_noise``."""
+    init_noise: float = 1.0
+    """σ of ``init="mlp"``: each expert vector starts as 1 + σ·N(0, I), normalised."""
 
     @override
     @classmethod
@@ -361,6 +369,9 @@ class MxDTrainingSAEConfig(
         self.d_sae = self._resolve_mxd_shape(self.d_in, self.d_sae)
         self._validate_loss()
         self._validate_dead_feature_aux(self.d_sae)
+        check_init(self.init)
+        if not self.init_noise >= 0:
+            raise ValueError(f"init_noise={self.init_noise} must be non-negative.")
         super().__post_init__()
 
 

@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint benchmark frontier clean
+.PHONY: setup demo test test-lowest lint benchmark frontier clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,14 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)
 
+# the suite on the lowest declared versions of torch, SAELens and TransformerLens
+test-lowest:
+	$(PYTHON) -m venv .venv-lowest
+	.venv-lowest/bin/python -m pip install --quiet --upgrade pip
+	.venv-lowest/bin/python -m pip install --quiet -c constraints/lowest.txt torch
+	.venv-lowest/bin/python -m pip install --quiet -c constraints/lowest.txt -e ".[dev]"
+	.venv-lowest/bin/python -m pytest -q $(ARGS)
+
 lint: setup
 	$(BIN)/ruff check mxd_saelens tests benchmarks scripts
 	$(BIN)/ruff format --check mxd_saelens tests benchmarks scripts
@@ -33,4 +41,4 @@ frontier: setup
 	$(BIN)/python benchmarks/frontier.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache demo_output
+	rm -rf $(VENV) .venv-lowest .pytest_cache .ruff_cache demo_output

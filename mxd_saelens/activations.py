@@ -26,11 +26,12 @@ from typing import Any
 
 import torch
 from sae_lens.config import LanguageModelSAERunnerConfig
-from sae_lens.training.activations_store import ActivationsStore, _get_input_token_device
+from sae_lens.training.activations_store import ActivationsStore
 from safetensors.torch import load_file, save_file
 from transformer_lens.hook_points import HookedRootModule
 
 from mxd_saelens.hooks import MLPHooks
+from mxd_saelens.sae_lens_internals import input_token_device
 
 PAIRED_STATE_FILENAME = "paired_activations_state.safetensors"
 MIN_SHUFFLE_TOKENS = 2**17
@@ -178,7 +179,7 @@ class PairedActivationsStore(ActivationsStore):
         """Every hook of every pair, from one forward stopped after the last block needed."""
         names = list(dict.fromkeys(n for p in self.pairs for n in (p.hook_in, p.hook_out)))
         with torch.autocast(
-            device_type=_get_input_token_device(self.model).type,
+            device_type=input_token_device(self.model).type,
             dtype=torch.bfloat16,
             enabled=self.autocast_lm,
         ):

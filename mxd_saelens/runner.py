@@ -317,7 +317,12 @@ def build_training_layer(cfg: LanguageModelSAERunnerConfig[Any]) -> TrainingSAE[
 
 
 class PairedTrainingRunner(LanguageModelSAETrainingRunner):
-    """SAELens's language-model runner for layers that replace an MLP."""
+    """SAELens's language-model runner for layers that replace an MLP.
+
+    Its ``__init__`` replaces SAELens's (which would build a single-hook store and evaluator);
+    the saving and compiling methods are SAELens's own (see
+    :mod:`mxd_saelens.sae_lens_internals`).
+    """
 
     activations_store: PairedActivationsStore
     hooks: MLPHooks

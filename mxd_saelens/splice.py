@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from sae_lens.saes.sae import SAE, _disable_hooks
+from sae_lens.saes.sae import SAE
 from torch import nn
 from transformer_lens.hook_points import HookedRootModule, HookPoint
 
 from mxd_saelens.hooks import MLPHooks, resolve_mlp_hooks
+from mxd_saelens.sae_lens_internals import sae_hooks_disabled
 
 
 @dataclass
@@ -79,7 +80,7 @@ def run_layer(layer: nn.Module, mlp_in: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def _clean_output(layer: nn.Module, mlp_in: torch.Tensor) -> torch.Tensor:
     if isinstance(layer, SAE):
-        with _disable_hooks(layer):
+        with sae_hooks_disabled(layer):
             return run_layer(layer, mlp_in)
     return run_layer(layer, mlp_in)
 

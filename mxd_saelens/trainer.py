@@ -14,8 +14,9 @@
   100 %.
 
 ``_train_step`` mirrors ``SAETrainer._train_step`` of SAELens 6.x step for step (forward,
-firing statistics, backward, gradient clipping at norm 1, Adam, schedulers); it is the one
-place where this package depends on that private method.
+firing statistics, backward, gradient clipping at norm 1, Adam, schedulers). The private members
+of SAELens this module overrides or reads are listed, and checked at import, in
+:mod:`mxd_saelens.sae_lens_internals`.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from mxd_saelens.config import runner_config
 from mxd_saelens.evaluation import Evaluation, evaluate_layers
 from mxd_saelens.hooks import mlp_shape, resolve_mlp_hooks
 from mxd_saelens.multi_runner import MultiPairedTrainingRunner
-from mxd_saelens.params import matched_n_experts
+from mxd_saelens.params import matched_size
 from mxd_saelens.report import format_comparisons, format_table, write_report
 from mxd_saelens.tokens import token_sequences
 
@@ -60,18 +60,9 @@ class DemoOptions:
 def matched_layer_fields(model: Any, architecture: str, k: int, expansion: int) -> dict[str, Any]:
     """Layer config fields at the parameter count of a TopK transcoder with d_sae = expansion·d."""
     d = int(model.cfg.d_model)
-    d_sae = expansion * d
-    if architecture == "mxd":
-        shape = mlp_shape(model)
-        n_experts = matched_n_experts(d, d, shape["d_hidden"], d_sae)
-        if shape["glu"]:
-            # the GLU's second encoder (E_glu, b_glu) is paid for with experts
-            n_experts -= round((d * shape["d_hidden"] + shape["d_hidden"]) / (2 * d + 1))
-        return {"n_experts": n_experts, "k": k, **shape}
-    if architecture == "topk_skip_transcoder":
-        # the skip matrix costs d·d parameters: give them back from the dictionary
-        return {"d_sae": d_sae - round(d * d / (2 * d + 1)), "k": k}
-    return {"d_sae": d_sae, "k": k}
+    shape = mlp_shape(model)
+    size = matched_size(architecture, d, d, shape["d_hidden"], shape["glu"], expansion * d)
+    return {**size, "k": k, **(shape if architecture == "mxd" else {})}
 
 
 def layer_config(

@@ -140,7 +140,11 @@ def resolve_mlp_hooks(
 
 def mlp_shape(model: HookedRootModule) -> dict[str, Any]:
     """The MxD fields that mirror the model's MLP: hidden width, activation and gating."""
-    cfg: Any = model.cfg  # type: ignore[attr-defined]
+    return mlp_shape_of(model.cfg)
+
+
+def mlp_shape_of(cfg: Any) -> dict[str, Any]:
+    """:func:`mlp_shape` from a ``HookedTransformerConfig`` alone (no weights needed)."""
     act_fn = str(cfg.act_fn)
     if act_fn not in _ACTIVATIONS:
         raise ValueError(

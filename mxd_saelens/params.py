@@ -32,3 +32,24 @@ def matched_n_experts(d_in: int, d_out: int, d_hidden: int, d_sae: int) -> int:
 def parameter_count(layer: nn.Module) -> int:
     """Trainable parameters of any layer (an MxD, a transcoder, a model's MLP)."""
     return sum(p.numel() for p in layer.parameters() if p.requires_grad)
+
+
+def matched_size(
+    architecture: str, d_in: int, d_out: int, d_hidden: int, glu: bool, d_sae: int
+) -> dict[str, int]:
+    """The size field of ``architecture`` (``n_experts`` or ``d_sae``) at the parameter count
+    of a TopK transcoder of width ``d_sae``.
+
+    An MxD keeps the MLP's hidden units (:func:`matched_n_experts`); a GLU's second encoder
+    (``E_glu``, ``b_glu``) is paid for with experts, and a skip transcoder's ``d_in × d_out``
+    skip matrix with latents, each costing ``d_in + d_out + 1``.
+    """
+    per_unit = d_in + d_out + 1
+    if architecture == "mxd":
+        n_experts = matched_n_experts(d_in, d_out, d_hidden, d_sae)
+        if glu:
+            n_experts -= round((d_in * d_hidden + d_hidden) / per_unit)
+        return {"n_experts": n_experts}
+    if architecture in ("topk_skip_transcoder", "skip_transcoder"):
+        return {"d_sae": d_sae - round(d_in * d_out / per_unit)}
+    return {"d_sae": d_sae}

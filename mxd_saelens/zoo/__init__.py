@@ -13,7 +13,13 @@ from __future__ import annotations
 
 from mxd_saelens.zoo._corpus import load_corpus
 from mxd_saelens.zoo._files import DATA_DIR, MODEL_NAMES, ZooFileError
-from mxd_saelens.zoo._models import default_layer, load, load_tokenizer, model_info
+from mxd_saelens.zoo._models import (
+    default_layer,
+    load,
+    load_tokenizer,
+    model_config,
+    model_info,
+)
 
 
 def list_models() -> list[str]:
@@ -29,5 +35,6 @@ __all__ = [
     "load",
     "load_corpus",
     "load_tokenizer",
+    "model_config",
     "model_info",
 ]

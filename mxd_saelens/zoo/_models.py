@@ -98,6 +98,12 @@ def load(
     return model.to(device, print_details=False).eval()
 
 
+def model_config(name: str = "tiny-gelu", data_root: str | Path | None = None) -> Any:
+    """A bundled model's ``HookedTransformerConfig``, read without loading its weights."""
+    check_name(name)
+    return _config(name, data_dir(data_root), "cpu")
+
+
 def default_layer(name: str = "tiny-gelu", data_root: str | Path | None = None) -> int:
     """The layer whose MLP the zoo model is meant to be studied at."""
     check_name(name)

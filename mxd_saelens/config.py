@@ -15,18 +15,43 @@ from typing import Any
 from sae_lens.config import LanguageModelSAERunnerConfig, LoggingConfig
 from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
 
+from mxd_saelens.model_fields import check_paired, mlp_fields
+
 # fields that both the runner and the layer have: the value goes to both
 _SHARED = {"dtype", "device"}
-_EXTRA = {"layer", "hook_name_out", "check_mlp_hooks"}
+_EXTRA = {"layer", "hook_name_out", "check_mlp_hooks", "match_transcoder_width"}
 
 
 def training_config_class(architecture: str) -> type:
+    check_paired(architecture)
     if architecture not in SAE_TRAINING_CLASS_REGISTRY:
         raise ValueError(
             f"unknown architecture {architecture!r}; registered: "
             f"{', '.join(sorted(SAE_TRAINING_CLASS_REGISTRY))}."
         )
     return SAE_TRAINING_CLASS_REGISTRY[architecture][1]
+
+
+def _fields_from_model(
+    architecture: str, layer: int, width: int | None, given: dict[str, Any]
+) -> dict[str, Any]:
+    """What ``layer=`` fills in: read from the model's config unless every such field is given
+    (so a fully specified config never touches the hub)."""
+    needed = {"hook_name", "d_in"} | (
+        {"d_hidden", "activation", "glu"} if architecture == "mxd" else set()
+    )
+    if width is None and needed <= set(given):
+        return {"hook_name_out": f"blocks.{layer}.hook_mlp_out"}
+    if "model_name" not in given:
+        raise ValueError("layer= reads the MLP's shape from the model: give model_name too.")
+    fields = mlp_fields(given["model_name"], architecture, layer, width)
+    for key in ("d_in", "d_out"):
+        if key in given and str(given[key]) != str(fields[key]):  # flags arrive as text
+            raise ValueError(
+                f"{key}={given[key]} but block {layer} of {given['model_name']} has width "
+                f"{fields[key]}; leave {key} out to take it from the model."
+            )
+    return fields
 
 
 def _field_names(cls: type) -> set[str]:
@@ -36,9 +61,11 @@ def _field_names(cls: type) -> set[str]:
 def runner_config(architecture: str, **values: Any) -> LanguageModelSAERunnerConfig[Any]:
     """Build a ``LanguageModelSAERunnerConfig`` from one flat set of keywords.
 
-    ``layer=L`` fills ``hook_name`` with ``blocks.L.ln2.hook_normalized`` (the MLP's input in
-    LayerNorm and RMSNorm models) when no hook name is given; ``hook_name_out`` records the
-    target hook in the layer's metadata (default ``blocks.L.hook_mlp_out``);
+    ``layer=L`` fills what is not given from the model's config (not its weights): both hooks
+    (``blocks.L.ln2.hook_normalized`` → ``blocks.L.hook_mlp_out``), ``d_in``, ``d_out`` and, for
+    an MxD, ``d_hidden``, ``activation`` and ``glu``; ``match_transcoder_width=W`` also sets the
+    size (``n_experts``, or a transcoder's ``d_sae``) at a width-W TopK transcoder's parameter
+    count. ``hook_name_out`` records the target hook in the layer's metadata;
     ``check_mlp_hooks=False`` lets the runner train on a pair of hooks that the model's own MLP
     does not connect (recorded in the metadata too).
     """
@@ -56,11 +83,16 @@ def runner_config(architecture: str, **values: Any) -> LanguageModelSAERunnerCon
         raise ValueError(f"unknown field(s) for architecture {architecture!r}: {'; '.join(hints)}.")
 
     layer = values.pop("layer", None)
+    width = values.pop("match_transcoder_width", None)
     hook_name_out = values.pop("hook_name_out", None)
     check_mlp_hooks = values.pop("check_mlp_hooks", None)
+    if width is not None and layer is None:
+        raise ValueError("match_transcoder_width needs layer= (the MLP whose shape is matched).")
     if layer is not None:
-        values.setdefault("hook_name", f"blocks.{layer}.ln2.hook_normalized")
-        hook_name_out = hook_name_out or f"blocks.{layer}.hook_mlp_out"
+        from_model = _fields_from_model(architecture, layer, width, values)
+        hook_name_out = hook_name_out or from_model.pop("hook_name_out")
+        for key, value in from_model.items():
+            values.setdefault(key, value)
 
     sae_values = {k: v for k, v in values.items() if k in sae_names}
     runner_values = {

@@ -204,7 +204,7 @@ CASES: list[Case] = [
     ),
     Case(
         "d_in that is not the hook's width",
-        lambda ws: _train(ws, d_in=64),
+        lambda ws: _train(ws, layer=None, hook_name="blocks.2.ln2.hook_normalized", d_in=64),
         ValueError,
         "set d_in=128",
     ),
@@ -234,10 +234,28 @@ CASES: list[Case] = [
         "unknown architecture",
         lambda ws: mxd.runner_config("mxdd"),
         ValueError,
-        "unknown architecture",
+        "choose one of mxd, topk_transcoder",
     ),
     Case("n_experts and d_sae disagree", lambda ws: _train(ws, d_sae=32), ValueError, "n_experts"),
     Case("unknown loss", lambda ws: _train(ws, loss="l2"), ValueError, "loss="),
+    Case(
+        "an SAE architecture that does not replace an MLP",
+        lambda ws: mxd.runner_config("topk", model_name=MODEL, layer=LAYER),
+        ValueError,
+        "does not replace an MLP",
+    ),
+    Case(
+        "d_in that disagrees with the model, with layer=",
+        lambda ws: mxd.runner_config("mxd", model_name=MODEL, layer=LAYER, d_in=64),
+        ValueError,
+        "leave d_in out",
+    ),
+    Case(
+        "matching a width without a block",
+        lambda ws: mxd.runner_config("mxd", model_name=MODEL, match_transcoder_width=4096),
+        ValueError,
+        "needs layer=",
+    ),
     # --- run fields ----------------------------------------------------------------------------
     Case(
         "normalisation that breaks pairs",

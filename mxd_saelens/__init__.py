@@ -8,7 +8,7 @@ Importing the package registers ``mxd``, ``topk_transcoder`` and ``topk_skip_tra
 from mxd_saelens.config import runner_config
 from mxd_saelens.params import matched_n_experts, parameter_count, transcoder_parameter_count
 from mxd_saelens.registration import register_architectures
-from mxd_saelens.sae_lens_internals import check_private_api
+from mxd_saelens.sae_lens_internals import accept_bundled_models, check_private_api
 from mxd_saelens.saes import (
     MxD,
     MxDConfig,
@@ -30,6 +30,7 @@ from mxd_saelens.saes import (
 
 check_private_api()  # an incompatible SAELens fails here, naming what it lacks
 register_architectures()
+accept_bundled_models()  # SAELens's load_model and runners accept the bundled models' names
 
 __version__ = "0.1.0"
 

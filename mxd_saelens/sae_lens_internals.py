@@ -25,6 +25,9 @@ What each reliance is for:
   ``n_frac_active_samples``) and ``_is_logging_step``.
 - ``MultiSAETrainer``: the same overrides for several layers, plus its ``trainers``.
 - ``SAE``: the splice's error term runs the layer with its hooks off (``_disable_hooks``).
+- ``load_model``: SAELens's runners load models by name through it; :func:`accept_bundled_models`
+  wraps it (in ``sae_lens.load_model`` and the runner modules that imported it) so that the
+  bundled models' names load from the package.
 """
 
 from __future__ import annotations
@@ -132,3 +135,52 @@ def sae_hooks_disabled(sae: Any) -> Iterator[None]:
     """Run an SAE with its hook points inactive (for the splice's error term)."""
     with _sae_module._disable_hooks(sae):
         yield
+
+
+_RUNNER_MODULES = (
+    "sae_lens.load_model",
+    "sae_lens.llm_sae_training_runner",
+    "sae_lens.multi_sae_training_runner",
+    "sae_lens.cache_activations_runner",
+)
+
+
+def accept_bundled_models() -> None:
+    """Make SAELens's ``load_model`` (and so its runners) load ``tiny-gelu`` and ``tiny-gated``
+    from this package; every other name goes to SAELens's own code. Idempotent."""
+    import importlib
+
+    from sae_lens.load_model import load_model as sae_lens_load_model
+
+    if getattr(sae_lens_load_model, "loads_bundled_models", False):
+        return
+
+    def load_model(
+        model_class_name: str,
+        model_name: str,
+        device: Any = None,
+        model_from_pretrained_kwargs: dict[str, Any] | None = None,
+        hook_names: list[str] | None = None,
+    ) -> Any:
+        from mxd_saelens import zoo
+
+        if model_name not in zoo.list_models():
+            return sae_lens_load_model(
+                model_class_name, model_name, device, model_from_pretrained_kwargs, hook_names
+            )
+        from sae_lens import HookedSAETransformer
+        from transformer_lens import HookedTransformer
+
+        cls = (
+            HookedSAETransformer
+            if model_class_name == "HookedSAETransformer"
+            else HookedTransformer
+        )
+        fold_ln = (model_from_pretrained_kwargs or {}).get("fold_ln", True)
+        return zoo.load(model_name, device=str(device or "cpu"), fold_ln=fold_ln, cls=cls)
+
+    load_model.loads_bundled_models = True  # type: ignore[attr-defined]
+    for name in _RUNNER_MODULES:
+        module = importlib.import_module(name)
+        if hasattr(module, "load_model"):
+            module.load_model = load_model  # type: ignore[attr-defined]

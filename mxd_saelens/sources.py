@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, load_dataset
-from sae_lens.load_model import load_model
 from transformer_lens.hook_points import HookedRootModule
+
+from mxd_saelens.activations import is_bundled_corpus
 
 _LOCAL_BUILDERS = {
     ".json": "json",
@@ -30,12 +31,11 @@ def load_language_model(
     device: str = "cpu",
     model_from_pretrained_kwargs: dict[str, Any] | None = None,
 ) -> HookedRootModule:
-    """A bundled model by name, otherwise SAELens's ``load_model`` (hub or local)."""
-    from mxd_saelens import zoo
+    """SAELens's ``load_model``, which (once this package is imported) also loads the bundled
+    models by name."""
+    from sae_lens import load_model as sae_lens_loading
 
-    if model_name in zoo.list_models():
-        return zoo.load(model_name, device=device)
-    return load_model(
+    return sae_lens_loading.load_model(
         model_class_name,
         model_name,
         device=device,
@@ -56,7 +56,7 @@ def _builder_for(path: Path) -> str:
 def load_dataset_source(dataset_path: str) -> Dataset | None:
     """The dataset for ``dataset_path`` when it is the bundled corpus or a local file/folder;
     None for a hub name, which SAELens's store loads itself."""
-    if dataset_path == "zoo" or dataset_path.startswith("zoo:"):
+    if is_bundled_corpus(dataset_path):
         from mxd_saelens import zoo
 
         split = dataset_path.partition(":")[2] or "train"

@@ -128,6 +128,7 @@ def test_corrupt_or_missing_files(tmp_path: Path):
 @pytest.mark.filterwarnings("ignore:Dataset is not tokenized:UserWarning")
 def test_saelens_activations_store_streams(gelu: HookedTransformer, heldout):
     from sae_lens import LanguageModelSAERunnerConfig, StandardTrainingSAEConfig
+    from sae_lens.config import LoggingConfig
     from sae_lens.training.activations_store import ActivationsStore
 
     hook = f"blocks.{zoo.default_layer('tiny-gelu')}.hook_mlp_out"
@@ -151,3 +152,51 @@ def test_saelens_activations_store_streams(gelu: HookedTransformer, heldout):
     batch = store.next_batch()
     assert batch.shape[-1] == gelu.cfg.d_model and batch.reshape(-1, 128).shape[0] == 64
     assert torch.isfinite(batch).all()
+
+
+def test_a_bundled_model_loads_as_a_hooked_sae_transformer_with_a_layer_attached():
+    import torch
+    from sae_lens import HookedSAETransformer
+
+    import mxd_saelens as mxd
+    from mxd_saelens import zoo
+
+    plain = zoo.load("tiny-gelu")
+    model = zoo.load("tiny-gelu", cls=HookedSAETransformer)
+    assert isinstance(model, HookedSAETransformer)
+    tokens = plain.to_tokens("The cat sat on the mat.")
+    torch.testing.assert_close(model(tokens), plain(tokens), rtol=0, atol=0)
+    layer = mxd.TopKTranscoder(mxd.TopKTranscoderConfig(d_in=128, d_out=128, d_sae=256, k=4))
+    layer.cfg.metadata.hook_name = "blocks.2.hook_mlp_out"  # SAELens's add_sae reads this hook
+    _, cache = model.run_with_cache_with_saes(tokens, saes=[layer])
+    assert "blocks.2.hook_mlp_out.hook_sae_acts_post" in cache
+
+
+def test_sae_lens_own_runner_loads_a_bundled_model_by_name(tmp_path):
+    from sae_lens import LanguageModelSAERunnerConfig, StandardTrainingSAEConfig
+    from sae_lens.config import LoggingConfig
+    from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
+
+    import mxd_saelens  # noqa: F401  (teaches SAELens's load_model the bundled names)
+    from mxd_saelens import zoo
+
+    cfg = LanguageModelSAERunnerConfig(
+        sae=StandardTrainingSAEConfig(d_in=128, d_sae=256),
+        model_name="tiny-gelu",
+        hook_name="blocks.1.hook_resid_post",
+        dataset_path="unused",
+        is_dataset_tokenized=False,
+        context_size=64,
+        training_tokens=1024,
+        train_batch_size_tokens=512,
+        store_batch_size_prompts=8,
+        n_batches_in_buffer=16,
+        logger=LoggingConfig(log_to_wandb=False),
+        checkpoint_path=None,
+        output_path=str(tmp_path / "sae"),
+        verbose=False,
+    )
+    runner = LanguageModelSAETrainingRunner(cfg, override_dataset=zoo.load_corpus("heldout"))
+    assert runner.model.cfg.d_vocab == zoo.load("tiny-gelu").cfg.d_vocab
+    runner.run()
+    assert (tmp_path / "sae" / "cfg.json").is_file()

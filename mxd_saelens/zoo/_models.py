@@ -67,8 +67,10 @@ def load(
     device: str = "cpu",
     data_root: str | Path | None = None,
     fold_ln: bool = True,
+    cls: type[HookedTransformer] = HookedTransformer,
 ) -> HookedTransformer:
-    """Load a bundled model, in eval mode, with its tokenizer attached.
+    """Load a bundled model, in eval mode, with its tokenizer attached, as an instance of
+    ``cls`` (``HookedTransformer`` or a subclass such as SAELens's ``HookedSAETransformer``).
 
     As ``HookedTransformer.from_pretrained`` does by default, the norms' weights and biases
     are folded into the following linear maps (and the writing weights centred), so that
@@ -82,7 +84,7 @@ def load(
     tok = load_tokenizer(root)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="HookedTransformer is deprecated")
-        model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
+        model = cls(cfg, tokenizer=tok, move_to_device=False)
     path = root / name / "model.safetensors"
     try:
         model.load_state_dict(state, strict=True)

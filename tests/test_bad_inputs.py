@@ -393,6 +393,30 @@ CASES: list[Case] = [
         ValueError,
         "W_enc",
     ),
+    Case(
+        "load a cfg.json without an architecture",
+        lambda ws: load_layer(_copy_saved(ws, "noarch", lambda c: c.pop("architecture"))),
+        ValueError,
+        "no 'architecture'",
+    ),
+    Case(
+        "load a cfg.json naming an unknown architecture",
+        lambda ws: load_layer(_copy_saved(ws, "unknown", lambda c: c.update(architecture="mxe"))),
+        ValueError,
+        "not registered",
+    ),
+    Case(
+        "load a cfg.json missing k",
+        lambda ws: load_layer(_copy_saved(ws, "nok", lambda c: c.pop("k"))),
+        ValueError,
+        r"missing \['k'\]",
+    ),
+    Case(
+        "load a cfg.json with a field no MxD has",
+        lambda ws: load_layer(_copy_saved(ws, "extra", lambda c: c.update(n_expert=64))),
+        ValueError,
+        r"unknown \['n_expert'\]",
+    ),
     # --- splicing, reading, steering, probing --------------------------------------------------
     Case("splice a layer of another width", _wide_layer_in_splice, ValueError, "another model"),
     Case("splice a layer of a deeper model", _layer_of_a_deeper_model, ValueError, "out of range"),

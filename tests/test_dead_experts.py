@@ -114,7 +114,7 @@ def test_option_off_is_the_papers_step_and_equals_option_on_with_nothing_dead() 
     layer = make_mxd()
     x, y = data()
     off = layer.training_forward_pass(step_input(x, y, mask(dead=[])))
-    assert set(off.losses) == {"mse_loss"}
+    assert set(off.losses) == {"normalized_mse_loss"}
     expected, _ = dense_mxd_losses(layer, x, y, mask(dead=[0]))
     torch.testing.assert_close(off.loss, expected)
     off.loss.backward()
@@ -152,7 +152,7 @@ def test_mxd_aux_loss_equals_dense_formula(which: str) -> None:
     out = layer.training_forward_pass(step_input(x, y, dead))
     main, aux = dense_mxd_losses(layer, x, y, dead)
     assert aux > 0
-    torch.testing.assert_close(out.losses["mse_loss"], main)
+    torch.testing.assert_close(out.losses["normalized_mse_loss"], main)
     torch.testing.assert_close(out.losses[AUX], aux)
     torch.testing.assert_close(out.loss, main + aux)
 

@@ -206,7 +206,7 @@ def test_wandb_offline_logs_training_and_splice_metrics(tiny_model, text_dataset
     rows = wandb_history(run_file)
     logged = {key: value for row in rows for key, value in row.items()}
     for key in (
-        "losses/mse_loss",
+        "losses/normalized_mse_loss",
         "metrics/l0",
         "metrics/explained_variance",
         "metrics/normalized_mse",

@@ -138,12 +138,14 @@ def paired_training_forward_pass(
     x, y = split_pair(step_input.sae_in, d_in, d_out)
     result = forward(x)
     recon = reconstruction_loss(result.output, y, loss_kind)
-    losses = {"mse_loss": recon}
+    # logged as losses/<name>: say which loss it is (the default is a normalised MSE)
+    main_name = f"{loss_kind}_loss"
+    losses = {main_name: recon}
     if extra_losses is not None:
         losses.update(extra_losses(result, step_input))
     total = recon
     for name, value in losses.items():
-        if name != "mse_loss":
+        if name != main_name:
             total = total + value
     return TrainStepOutput(
         sae_in=y,

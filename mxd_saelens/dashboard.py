@@ -159,7 +159,7 @@ body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}
 .row{display:flex;gap:24px;flex-wrap:wrap}.box{flex:1;min-width:300px}
 .ctx{font-family:ui-monospace,monospace;font-size:13px;margin:3px 0;white-space:pre-wrap}
 .tok{border-radius:2px}.centre{outline:1px solid #333}
-table{border-collapse:collapse;font-size:13px}td{padding:1px 8px}
+table{border-collapse:collapse;font-size:13px}td{padding:1px 8px}svg{display:block}
 .num{text-align:right;font-family:ui-monospace,monospace}
 """
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +45,29 @@ def test_every_python_block_of_the_readme_runs_as_written(tmp_path):
         assert (tmp_path / folder / "cfg.json").is_file(), folder
     for printed in ("delta_ce_diff_se", "fires on", "base MLP neurons", "fluency CE"):
         assert printed in done.stdout, printed
+
+
+def bash_commands(text: str) -> list[str]:
+    """The commands of the README's ``bash`` blocks that call ``mxd-saelens``, continuation
+    lines joined and trailing comments dropped."""
+    commands = []
+    for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #")[0].strip()
+            if line.startswith("mxd-saelens "):
+                commands.append(line)
+    return commands
+
+
+def test_every_command_line_of_the_readme_runs_as_written(tmp_path):
+    commands = bash_commands(README.read_text())
+    assert len(commands) >= 6
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}
+    for command in commands:
+        argv = [sys.executable, "-m", "mxd_saelens", *shlex.split(command)[1:]]
+        done = subprocess.run(
+            argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+        )
+        assert done.returncode == 0, (command, done.stderr[-2000:])
+    for made in ("mxd_layer/cfg.json", "tc_layer/cfg.json", "dashboard.html"):
+        assert (tmp_path / made).is_file(), made

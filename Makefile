@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-lowest lint benchmark frontier clean
+.PHONY: setup demo test test-lowest lint benchmark frontier notebooks clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,11 @@ test-lowest:
 lint: setup
 	$(BIN)/ruff check mxd_saelens tests benchmarks scripts
 	$(BIN)/ruff format --check mxd_saelens tests benchmarks scripts
+
+# execute the example notebooks in place, figures stored as PNGs too (needs Chrome/Chromium)
+notebooks: setup
+	$(BIN)/python -m pip install --quiet -e ".[dev,notebooks]"
+	$(BIN)/python scripts/run_notebooks.py
 
 benchmark: setup
 	$(BIN)/python benchmarks/train_step.py $(ARGS)

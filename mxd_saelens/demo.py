@@ -118,6 +118,23 @@ def train_layers(
     return {name: layer.eval() for name, layer in runner.run().items()}
 
 
+def train_matched(
+    options: DemoOptions, model: Any = None, out_dir: str | Path | None = None
+) -> dict[str, nn.Module]:
+    """The demo's parameter-matched layers (``options.architectures``), trained from one shared
+    forward on the bundled corpus, in eval mode; saved under ``out_dir/<architecture>`` if given.
+    The examples' notebooks train their layers with this."""
+    model = model if model is not None else zoo.load(options.model)
+    layer = zoo.default_layer(options.model) if options.layer is None else options.layer
+    configs = {
+        name: layer_config(
+            model, name, options, layer, None if out_dir is None else str(Path(out_dir) / name)
+        )
+        for name in options.architectures
+    }
+    return train_layers(model, configs)
+
+
 def headline(evaluation: Evaluation, a: str, b: str) -> str:
     """One sentence: layer a's ΔCE against layer b's, with the paired standard error."""
     c = evaluation.compare(a, b)
@@ -137,11 +154,7 @@ def run_demo(options: DemoOptions) -> Evaluation:
     print(f"model {options.model}, layer {layer}: {options.training_tokens:,} tokens per layer")
 
     print(f"training {', '.join(options.architectures)} from one shared forward")
-    configs = {
-        name: layer_config(model, name, options, layer, str(out_dir / name))
-        for name in options.architectures
-    }
-    train_layers(model, configs)
+    train_matched(options, model, out_dir)
 
     # evaluate what was saved, loaded back through SAELens: the round trip is part of the demo
     loaded = {name: SAE.load_from_disk(out_dir / name) for name in options.architectures}

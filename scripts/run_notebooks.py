@@ -1,0 +1,45 @@
+"""Execute the example notebooks in place, storing their outputs, with every plotly figure also
+rendered as a PNG so that it shows in any viewer (GitHub, nbconvert), not only in Jupyter.
+
+    make notebooks          # or: python scripts/run_notebooks.py [examples/05_*.ipynb ...]
+
+The PNGs need kaleido (``pip install -e ".[notebooks]"``) and a Chrome or Chromium on the
+machine; the test suite runs the notebooks without either.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run(path: Path) -> None:
+    notebook = nbformat.read(path, as_version=4)
+    # interactive figures for Jupyter, and a static PNG beside each for everything else
+    os.environ["PLOTLY_RENDERER"] = "plotly_mimetype+png"
+    with tempfile.TemporaryDirectory() as scratch:
+        client = NotebookClient(
+            notebook, kernel_name="python3", timeout=900, resources={"metadata": {"path": scratch}}
+        )
+        started = time.perf_counter()
+        client.execute()
+    nbformat.write(notebook, path)
+    print(f"{path.name}: {time.perf_counter() - started:.0f} s")
+
+
+def main() -> None:
+    paths = [Path(p) for p in sys.argv[1:]] or sorted(EXAMPLES.glob("*.ipynb"))
+    for path in paths:
+        run(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -119,9 +119,7 @@ def test_error_term_keeps_the_output_exact_and_lets_edits_through(tiny_model, he
     assert (steered - clean).abs().max() > 1e-3
 
 
-def test_reset_hooks_inside_a_splice_and_errors_escaping_it_are_handled(
-    tiny_model, heldout_tokens
-):
+def test_reset_hooks_inside_a_splice_and_errors_escaping_it_are_handled(tiny_model, heldout_tokens):
     layer = random_layer("mxd")
     clean = tiny_model(heldout_tokens)
     mlp_out = tiny_model.hook_dict[f"blocks.{LAYER}.hook_mlp_out"]

@@ -128,7 +128,6 @@ def test_corrupt_or_missing_files(tmp_path: Path):
 @pytest.mark.filterwarnings("ignore:Dataset is not tokenized:UserWarning")
 def test_saelens_activations_store_streams(gelu: HookedTransformer, heldout):
     from sae_lens import LanguageModelSAERunnerConfig, StandardTrainingSAEConfig
-    from sae_lens.config import LoggingConfig
     from sae_lens.training.activations_store import ActivationsStore
 
     hook = f"blocks.{zoo.default_layer('tiny-gelu')}.hook_mlp_out"

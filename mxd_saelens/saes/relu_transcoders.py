@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sae_lens.saes.sae import TrainCoefficientConfig, TrainingSAEConfig, TrainStepInput
-from torch import Tensor, nn
+from torch import Tensor
 from typing_extensions import override
 
 from mxd_saelens.saes.paired import LayerOutput, PairedTrainingFields
-from mxd_saelens.saes.topk_skip_transcoder import add_skip_matrix
+from mxd_saelens.saes.topk_skip_transcoder import SkipPath
 from mxd_saelens.saes.topk_transcoder import (
     PairedTrainingTranscoder,
     check_dims,
@@ -108,17 +108,7 @@ class TranscoderTrainingSAE(PairedTrainingTranscoder):
         return out if skip is None else out + skip
 
 
-class SkipTranscoderTrainingSAE(TranscoderTrainingSAE):
+class SkipTranscoderTrainingSAE(SkipPath, TranscoderTrainingSAE):
     """Training ReLU skip transcoder; skip matrix and decoder start at zero."""
 
-    W_skip: nn.Parameter
     zero_decoder_init = True
-
-    @override
-    def initialize_weights(self) -> None:
-        super().initialize_weights()
-        add_skip_matrix(self, self.cfg.d_in, self.cfg.d_out)
-
-    @override
-    def skip_output(self, x: Tensor) -> Tensor:
-        return x.to(self.dtype) @ self.W_skip.T

@@ -8,6 +8,7 @@ bias. ``W_skip`` has SAELens's ``SkipTranscoder`` shape, ``[d_out, d_in]``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +28,23 @@ def add_skip_matrix(sae: nn.Module, d_in: int, d_out: int) -> None:
     )
 
 
+class SkipPath:
+    """The skip path ``x ↦ W_skip x`` (``W_skip`` ``[d_out, d_in]``, SAELens's
+    ``SkipTranscoder`` layout, starting at zero), the one place every skip transcoder here
+    gets it from. Put it before the transcoder class in the bases."""
+
+    W_skip: nn.Parameter
+    cfg: Any
+    dtype: torch.dtype
+
+    def initialize_weights(self) -> None:
+        super().initialize_weights()  # type: ignore[misc]
+        add_skip_matrix(self, self.cfg.d_in, self.cfg.d_out)  # type: ignore[arg-type]
+
+    def skip_output(self, x: Tensor) -> Tensor:
+        return x.to(self.dtype) @ self.W_skip.T
+
+
 @dataclass
 class TopKSkipTranscoderConfig(TopKTranscoderConfig):
     @override
@@ -35,19 +53,8 @@ class TopKSkipTranscoderConfig(TopKTranscoderConfig):
         return "topk_skip_transcoder"
 
 
-class TopKSkipTranscoder(TopKTranscoder):
+class TopKSkipTranscoder(SkipPath, TopKTranscoder):
     """Inference TopK skip transcoder."""
-
-    W_skip: nn.Parameter
-
-    @override
-    def initialize_weights(self) -> None:
-        super().initialize_weights()
-        add_skip_matrix(self, self.cfg.d_in, self.cfg.d_out)
-
-    @override
-    def skip_output(self, x: Tensor) -> Tensor:
-        return x.to(self.dtype) @ self.W_skip.T
 
 
 @dataclass(kw_only=True)
@@ -58,17 +65,7 @@ class TopKSkipTranscoderTrainingSAEConfig(TopKTranscoderTrainingSAEConfig):
         return "topk_skip_transcoder"
 
 
-class TopKSkipTranscoderTrainingSAE(TopKTranscoderTrainingSAE):
+class TopKSkipTranscoderTrainingSAE(SkipPath, TopKTranscoderTrainingSAE):
     """Training TopK skip transcoder."""
 
-    W_skip: nn.Parameter
     zero_decoder_init = True
-
-    @override
-    def initialize_weights(self) -> None:
-        super().initialize_weights()
-        add_skip_matrix(self, self.cfg.d_in, self.cfg.d_out)
-
-    @override
-    def skip_output(self, x: Tensor) -> Tensor:
-        return x.to(self.dtype) @ self.W_skip.T

@@ -23,13 +23,10 @@ import torch
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookedRootModule
 
-from mxd_saelens.evaluation import special_token_ids
+from mxd_saelens.directions import is_mxd, output_directions
 from mxd_saelens.probing import CodeSource, LayerCodes, hook_activations
 from mxd_saelens.saes.mxd import MxDModule
-
-
-def is_mxd(layer: nn.Module) -> bool:
-    return isinstance(layer, MxDModule)
+from mxd_saelens.tokens import keep_mask, special_token_ids
 
 
 def n_codes(layer: nn.Module) -> int:
@@ -128,14 +125,12 @@ def output_direction(layer: nn.Module, code: int, hidden: Tensor | None = None) 
     An MxD needs ``hidden``, the hidden units z (or their mean z̄) to read expert n at.
     """
     check_code(layer, code)
-    if is_mxd(layer):
-        if hidden is None:
-            raise ValueError(
-                "an MxD expert's output depends on the hidden units z: pass hidden="
-                "mean_hidden(model, layer, tokens)."
-            )
-        return layer.W_experts[code] * (hidden.to(layer.W_dec) @ layer.W_dec)  # type: ignore[operator]
-    return layer.W_dec[code].detach().clone()  # type: ignore[index]
+    if is_mxd(layer) and hidden is None:
+        raise ValueError(
+            "an MxD expert's output depends on the hidden units z: pass hidden="
+            "mean_hidden(model, layer, tokens)."
+        )
+    return output_directions(layer, hidden)[code]
 
 
 @torch.no_grad()
@@ -202,11 +197,6 @@ def token_effects_figure(effects: TokenEffects) -> go.Figure:
 
 
 # --- activations over a token set --------------------------------------------------------------
-
-
-def keep_mask(model: HookedRootModule, tokens: Tensor) -> Tensor:
-    special = torch.tensor(special_token_ids(model), device=tokens.device, dtype=torch.long)
-    return ~torch.isin(tokens, special)
 
 
 @torch.no_grad()

@@ -9,13 +9,14 @@ rejected by name, with the closest valid names.
 from __future__ import annotations
 
 import difflib
+import warnings
 from dataclasses import fields
 from typing import Any
 
 from sae_lens.config import LanguageModelSAERunnerConfig, LoggingConfig
 from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
 
-from mxd_saelens.model_fields import check_paired, mlp_fields
+from mxd_saelens.model_fields import check_paired, mlp_fields_of, model_config
 
 # fields that both the runner and the layer have: the value goes to both
 _SHARED = {"dtype", "device"}
@@ -44,7 +45,19 @@ def _fields_from_model(
         return {"hook_name_out": f"blocks.{layer}.hook_mlp_out"}
     if "model_name" not in given:
         raise ValueError("layer= reads the MLP's shape from the model: give model_name too.")
-    fields = mlp_fields(given["model_name"], architecture, layer, width)
+    try:
+        model_cfg = model_config(given["model_name"])
+    except ValueError as error:
+        if width is not None:
+            raise
+        # a model this package cannot read the config of (a custom one, or the hub offline):
+        # the hooks follow from the block, the shape from the fields given or their defaults
+        warnings.warn(f"{error} Using the given fields.", stacklevel=3)
+        return {
+            "hook_name": f"blocks.{layer}.ln2.hook_normalized",
+            "hook_name_out": f"blocks.{layer}.hook_mlp_out",
+        }
+    fields = mlp_fields_of(model_cfg, given["model_name"], architecture, layer, width)
     for key in ("d_in", "d_out"):
         if key in given and str(given[key]) != str(fields[key]):  # flags arrive as text
             raise ValueError(

@@ -24,9 +24,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformer_lens.hook_points import HookedRootModule
 
-from mxd_saelens.analysis import keep_mask, mean_hidden, token_effects
+from mxd_saelens.analysis import mean_hidden, token_effects
 from mxd_saelens.directions import is_mxd
 from mxd_saelens.probing import LayerCodes
+from mxd_saelens.tokens import keep_mask
 
 
 @dataclass

@@ -20,9 +20,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mxd_saelens.saes.mxd import MxDModule
+
 
 def is_mxd(layer: nn.Module) -> bool:
-    return hasattr(layer, "W_experts") and hasattr(layer, "W_gate")
+    return isinstance(layer, MxDModule)
 
 
 @torch.no_grad()

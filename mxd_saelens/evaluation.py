@@ -59,6 +59,7 @@ from transformer_lens.utils import lm_cross_entropy_loss
 
 from mxd_saelens.hooks import MLPHooks, layer_of
 from mxd_saelens.splice import SplicedLayer, hooks_of, run_layer
+from mxd_saelens.tokens import special_token_ids
 
 
 @dataclass
@@ -125,15 +126,6 @@ def _div(a: float, b: float) -> float:
 
 
 # --- positions -----------------------------------------------------------------------------
-
-
-def special_token_ids(model: HookedRootModule) -> list[int]:
-    """BOS, EOS and padding ids of the model's tokenizer."""
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None:
-        return []
-    ids = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
-    return sorted(i for i in ids if i is not None)
 
 
 def excluded_token_ids(

@@ -56,8 +56,19 @@ def mlp_fields(
     match_transcoder_width: int | None = None,
 ) -> dict[str, Any]:
     """The fields of a layer replacing block ``layer``'s MLP of ``model_name``."""
-    check_paired(architecture)
     cfg = model_config(model_name)
+    return mlp_fields_of(cfg, model_name, architecture, layer, match_transcoder_width)
+
+
+def mlp_fields_of(
+    cfg: Any,
+    model_name: str,
+    architecture: str,
+    layer: int,
+    match_transcoder_width: int | None = None,
+) -> dict[str, Any]:
+    """:func:`mlp_fields` from a ``HookedTransformerConfig`` already at hand."""
+    check_paired(architecture)
     if not 0 <= layer < cfg.n_layers:
         raise ValueError(
             f"layer {layer} is out of range: {model_name} has {cfg.n_layers} blocks, numbered "

@@ -34,16 +34,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookedRootModule, HookPoint
 
-from mxd_saelens.analysis import (
-    check_code,
-    is_mxd,
-    keep_mask,
-    logit_direction,
-    mean_hidden,
-    output_direction,
-)
+from mxd_saelens.analysis import check_code, logit_direction, mean_hidden, output_direction
+from mxd_saelens.directions import is_mxd
 from mxd_saelens.probing import LayerCodes
 from mxd_saelens.splice import splice
+from mxd_saelens.tokens import keep_mask
 
 PAPER_PROMPT = "Let's talk about "
 PAPER_STRENGTH = 100.0

@@ -84,3 +84,18 @@ def _all_sequences(store: ActivationsStore, context_size: int) -> torch.Tensor:
             "ask for a shorter context, or give more text."
         )
     return torch.cat(sequences)
+
+
+def special_token_ids(model: HookedRootModule) -> list[int]:
+    """BOS, EOS and padding ids of the model's tokenizer."""
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        return []
+    ids = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
+    return sorted(i for i in ids if i is not None)
+
+
+def keep_mask(model: HookedRootModule, tokens: torch.Tensor) -> torch.Tensor:
+    """``[batch, pos]``: True where the token is not a special one."""
+    special = torch.tensor(special_token_ids(model), device=tokens.device, dtype=torch.long)
+    return ~torch.isin(tokens, special)

@@ -38,11 +38,13 @@ def _fields_from_model(
 ) -> dict[str, Any]:
     """What ``layer=`` fills in: read from the model's config unless every such field is given
     (so a fully specified config never touches the hub)."""
-    needed = {"hook_name", "d_in"} | (
-        {"d_hidden", "activation", "glu"} if architecture == "mxd" else set()
-    )
-    if width is None and needed <= set(given):
-        return {"hook_name_out": f"blocks.{layer}.hook_mlp_out"}
+    shape = {"d_hidden", "activation", "glu"} if architecture == "mxd" else set()
+    block_hooks = {
+        "hook_name": f"blocks.{layer}.ln2.hook_normalized",
+        "hook_name_out": f"blocks.{layer}.hook_mlp_out",
+    }
+    if width is None and {"d_in", *shape} <= set(given):
+        return block_hooks
     if "model_name" not in given:
         raise ValueError("layer= reads the MLP's shape from the model: give model_name too.")
     try:
@@ -53,10 +55,7 @@ def _fields_from_model(
         # a model this package cannot read the config of (a custom one, or the hub offline):
         # the hooks follow from the block, the shape from the fields given or their defaults
         warnings.warn(f"{error} Using the given fields.", stacklevel=3)
-        return {
-            "hook_name": f"blocks.{layer}.ln2.hook_normalized",
-            "hook_name_out": f"blocks.{layer}.hook_mlp_out",
-        }
+        return block_hooks
     fields = mlp_fields_of(model_cfg, given["model_name"], architecture, layer, width)
     for key in ("d_in", "d_out"):
         if key in given and str(given[key]) != str(fields[key]):  # flags arrive as text

@@ -23,19 +23,11 @@ from simple_parsing import ArgumentParser, subgroups
 
 import mxd_saelens  # noqa: F401  (registers the architectures)
 from mxd_saelens import zoo
-from mxd_saelens.config import _fields_from_model
+from mxd_saelens.config import fields_from_model
 from mxd_saelens.hooks import layer_of
 from mxd_saelens.model_fields import PAIRED_ARCHITECTURES, check_paired
 
 DEFAULT_MODEL = "tiny-gelu"
-# flags that describe the MLP replacement rather than a field of SAELens's configs
-_EXTRA_FLAGS = (
-    "--architecture",
-    "--layer",
-    "--match_transcoder_width",
-    "--hook_name_out",
-    "--check_mlp_hooks",
-)
 
 
 class UserError(ValueError):
@@ -88,7 +80,7 @@ def _layer_fields(architecture: str, known: argparse.Namespace, given: dict[str,
     try:
         return {
             "model_name": model,
-            **_fields_from_model(
+            **fields_from_model(
                 architecture, layer, known.match_transcoder_width, {**given, "model_name": model}
             ),
         }

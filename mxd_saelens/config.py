@@ -33,7 +33,7 @@ def training_config_class(architecture: str) -> type:
     return SAE_TRAINING_CLASS_REGISTRY[architecture][1]
 
 
-def _fields_from_model(
+def fields_from_model(
     architecture: str, layer: int, width: int | None, given: dict[str, Any]
 ) -> dict[str, Any]:
     """What ``layer=`` fills in: read from the model's config unless every such field is given
@@ -101,7 +101,7 @@ def runner_config(architecture: str, **values: Any) -> LanguageModelSAERunnerCon
     if width is not None and layer is None:
         raise ValueError("match_transcoder_width needs layer= (the MLP whose shape is matched).")
     if layer is not None:
-        from_model = _fields_from_model(architecture, layer, width, values)
+        from_model = fields_from_model(architecture, layer, width, values)
         hook_name_out = hook_name_out or from_model.pop("hook_name_out")
         for key, value in from_model.items():
             values.setdefault(key, value)

@@ -78,6 +78,7 @@ def layer_config(
     store_prompts = max(1, options.batch_tokens // options.context_size)
     fields = {
         "model_name": options.model,
+        "dataset_path": "zoo",  # the bundled corpus (train_layers passes its train split)
         "hook_name": hooks.hook_in,
         "hook_name_out": hooks.hook_out,
         "d_in": hooks.d_in,

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 from sae_lens import SAE
@@ -22,7 +23,12 @@ def test_shortened_demo_trains_splices_reports_and_round_trips(tmp_path: Path, c
         architectures=("mxd", "topk_transcoder"),
         out_dir=str(tmp_path),
     )
-    evaluation = run_demo(options)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        evaluation = run_demo(options)
+    # the demo prints no warning a user cannot act on (SAELens's raw-text and epoch notices
+    # are noise for the bundled corpus)
+    assert [str(w.message)[:80] for w in caught if issubclass(w.category, UserWarning)] == []
     rows = evaluation.rows
     printed = capsys.readouterr().out
     assert "ΔCE" in printed and "CE rec." in printed
@@ -49,6 +55,7 @@ def test_shortened_demo_trains_splices_reports_and_round_trips(tmp_path: Path, c
     for architecture in ("mxd", "topk_transcoder"):
         layer = SAE.load_from_disk(tmp_path / architecture)
         assert layer.cfg.metadata.hook_name_out == "blocks.2.hook_mlp_out"
+        assert layer.cfg.metadata.dataset_path == "zoo"
 
 
 def test_command_line_trains_from_flags_and_evaluates(tmp_path: Path) -> None:

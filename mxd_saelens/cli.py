@@ -1,45 +1,104 @@
 """The ``mxd-saelens`` command line.
 
-``train`` is generated from the same config dataclasses as the Python API: SAELens's
-``LanguageModelSAERunnerConfig`` with ``--architecture`` choosing the layer's config class from
-SAELens's registry (so ``--architecture mxd`` exposes ``--n_experts``, ``--k``, ``--glu`` …).
+Every command's flags are generated from dataclasses with help text and defaults. ``train`` uses
+SAELens's own ``LanguageModelSAERunnerConfig``, with ``--architecture`` choosing the layer's
+config class from SAELens's registry (so ``--architecture mxd`` exposes ``--n_experts``, ``--k``,
+``--glu`` …) and :class:`TrainOptions` saying which MLP is replaced.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import field, make_dataclass
+from dataclasses import dataclass, make_dataclass
+from dataclasses import field as dataclass_field
 from dataclasses import fields as dataclass_fields
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 from sae_lens.config import LanguageModelSAERunnerConfig
 from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
 from sae_lens.saes.sae import TrainingSAEConfig
-from simple_parsing import ArgumentParser, subgroups
+from simple_parsing import ArgumentParser, field, subgroups
+from simple_parsing.helpers import choice
 
 import mxd_saelens  # noqa: F401  (registers the architectures)
-from mxd_saelens import zoo
 from mxd_saelens.config import fields_from_model
-from mxd_saelens.hooks import layer_of
-from mxd_saelens.model_fields import PAIRED_ARCHITECTURES, check_paired
+from mxd_saelens.hooks import MLPHookMismatch, layer_of
+from mxd_saelens.model_fields import PAIRED_ARCHITECTURES
+from mxd_saelens.zoo import ZooFileError
 
 DEFAULT_MODEL = "tiny-gelu"
+Options = TypeVar("Options")
 
 
 class UserError(ValueError):
     """A mistake in what the user asked for: printed as one ``error:`` line."""
 
 
-def _bool(text: str) -> bool:
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+class CommandParser(ArgumentParser):
+    """simple_parsing's parser, whose mistakes (unknown flags, bad values) raise
+    :class:`UserError` instead of printing the usage block and exiting."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # a typo must not silently pick another flag
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} ({self.prog} --help lists the flags)")
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """As argparse's, with a config class refusing a value reported as a :class:`UserError`,
+        after any unknown flag (simple_parsing builds the configs before it checks the flags)."""
+        try:
+            return super().parse_args(args, namespace)
+        except (ValueError, TypeError) as error:
+            unknown = [
+                a
+                for a in args or ()
+                if _is_flag(a) and a.split("=")[0] not in self._option_string_actions
+            ]
+            if unknown:
+                self.error(f"unrecognized arguments: {' '.join(unknown)}")
+            raise UserError(str(error)) from None
+
+
+def _is_flag(arg: str) -> bool:
+    try:
+        float(arg)
+    except ValueError:
+        return arg.startswith("-")
+    return False  # a negative number is a value
+
+
+def parse_options(cls: type[Options], args: Sequence[str], prog: str, description: str) -> Options:
+    """An instance of the dataclass ``cls`` from command-line flags named after its fields."""
+    parser = CommandParser(prog=prog, description=description)
+    parser.add_arguments(cls, dest="options")
+    return parser.parse_args(list(args)).options
+
+
+@dataclass
+class TrainOptions:
+    """Which MLP the layer replaces. The other flags are the fields of SAELens's
+    LanguageModelSAERunnerConfig and of the layer's config."""
+
+    architecture: str = choice(*PAIRED_ARCHITECTURES, default="mxd")
+    """The layer's architecture (only those that replace an MLP)."""
+    layer: int | None = None
+    """L, the block whose MLP is replaced: sets both hooks (blocks.L.ln2.hook_normalized →
+    blocks.L.hook_mlp_out), d_in, d_out and an MxD's d_hidden, activation and glu from the
+    model's config. Needed unless --hook_name names a block's hook."""
+    match_transcoder_width: int | None = None
+    """W: size the layer (an MxD's n_experts, a transcoder's d_sae) at the parameter count of a
+    width-W TopK transcoder on the same MLP."""
+    hook_name_out: str | None = None
+    """The MLP output the layer learns to reproduce; None: blocks.L.hook_mlp_out of the block
+    the input hook is in."""
+    check_mlp_hooks: bool = True
+    """Before training, check that block L's own MLP maps the input hook to the output hook;
+    False trains on a pair of hooks the MLP does not connect."""
 
 
 def _given(args: Sequence[str]) -> dict[str, str | None]:
@@ -53,54 +112,51 @@ def _given(args: Sequence[str]) -> dict[str, str | None]:
     return given
 
 
-def _extras() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--architecture", default="mxd")
-    parser.add_argument("--layer", type=int, default=None)
-    parser.add_argument("--match_transcoder_width", type=int, default=None)
-    parser.add_argument("--hook_name_out", default=None)
-    parser.add_argument("--check_mlp_hooks", type=_bool, default=True)
-    return parser
+def _wants_help(args: Sequence[str]) -> bool:
+    return not args or "-h" in args or "--help" in args
 
 
-def _layer_fields(architecture: str, known: argparse.Namespace, given: dict[str, Any]) -> dict:
+def _train_options(args: Sequence[str]) -> TrainOptions:
+    """The :class:`TrainOptions` among ``args``, before the full parser can be built."""
+    parser = CommandParser(prog="mxd-saelens train", add_help=False)
+    parser.add_arguments(TrainOptions, dest="options")
+    return parser.parse_known_args(list(args))[0].options
+
+
+def _layer_fields(options: TrainOptions, given: dict[str, Any], help_only: bool) -> dict:
     """Both hooks and the layer's shape, from the model's config and the block, for what the
-    flags do not give."""
+    flags do not give; nothing but the model's name when only the help is asked for."""
     model = given.get("model_name") or DEFAULT_MODEL
-    layer = known.layer
+    layer = options.layer
     if layer is None and given.get("hook_name"):
         layer = layer_of(str(given["hook_name"]))
     if layer is None:
-        if model not in zoo.list_models():
-            raise UserError(
-                f"say which MLP to replace: --layer L (block L of {model}), or --hook_name "
-                "blocks.L.<hook>"
-            )
-        layer = zoo.default_layer(model)
-    try:
-        return {
-            "model_name": model,
-            **fields_from_model(
-                architecture, layer, known.match_transcoder_width, {**given, "model_name": model}
-            ),
-        }
-    except ValueError as error:
-        raise UserError(str(error)) from None
+        if help_only:
+            return {"model_name": model}
+        raise UserError(
+            f"say which MLP to replace: --layer L (block L of {model}), or --hook_name "
+            "blocks.L.<hook> (SAELens's default hook is not an MLP's input)"
+        )
+    from_model = fields_from_model(
+        options.architecture,
+        layer,
+        options.match_transcoder_width,
+        {**given, "model_name": model},
+    )
+    return {"model_name": model, **from_model}
 
 
-def parse_train_args(
-    args: Sequence[str],
-) -> tuple[LanguageModelSAERunnerConfig[Any], str | None, bool]:
-    """The runner config, the output hook and whether to check the hook pair against the
-    model's MLP, from command-line flags. What the flags leave out of the hooks and the layer's
-    shape is read from the model's config (``--layer``, or the bundled model's default block)."""
-    known, rest = _extras().parse_known_args(list(args))
-    try:
-        architecture = check_paired(known.architecture)
-    except ValueError as error:
-        raise UserError(str(error)) from None
-    given = _given(rest)
-    fields = _layer_fields(architecture, known, given)
+HOOK_NAME_HELP = (
+    "The layer's input hook, the MLP's input: blocks.L.ln2.hook_normalized for --layer L "
+    "(blocks.L.hook_resid_mid in a model without norms)."
+)
+
+
+def _train_parser(
+    architecture: str, fields: dict[str, Any], given: dict[str, Any]
+) -> CommandParser:
+    """The full ``train`` parser: :class:`TrainOptions` and SAELens's runner config, whose
+    defaults are the values read from the model."""
     config_class = SAE_TRAINING_CLASS_REGISTRY[architecture][1]
     sae_names = {f.name for f in dataclass_fields(config_class) if f.init}
     sae_defaults = {k: v for k, v in fields.items() if k in sae_names and k not in given}
@@ -109,12 +165,16 @@ def parse_train_args(
     cli_class = make_dataclass(
         "TrainCommand",
         [
-            ("model_name", str, field(default=fields["model_name"])),
-            ("hook_name", str, field(default=fields.get("hook_name", ""))),
+            ("model_name", str, dataclass_field(default=fields["model_name"])),
+            (
+                "hook_name",
+                str,
+                field(default=fields.get("hook_name", ""), help=HOOK_NAME_HELP),
+            ),
             (
                 "sae",
                 TrainingSAEConfig,
-                # one choice: --architecture (read above) picked it; the defaults are the model's
+                # one choice: --architecture (read first) picked it; the defaults are the model's
                 subgroups(
                     {architecture: partial(config_class, **sae_defaults)}, default=architecture
                 ),
@@ -122,25 +182,33 @@ def parse_train_args(
         ],
         bases=(LanguageModelSAERunnerConfig,),
     )
-    parser = ArgumentParser(
-        prog="mxd-saelens train",
-        description=TRAIN_DESCRIPTION.format(model=fields["model_name"]),
-    )
+    cli_class.__doc__ = "SAELens's LanguageModelSAERunnerConfig, and the layer's config."
+    parser = CommandParser(prog="mxd-saelens train", description=TRAIN_DESCRIPTION)
+    parser.add_arguments(TrainOptions, dest="options")
     parser.add_arguments(cli_class, dest="cfg")
-    cfg = parser.parse_args(rest or ["--help"]).cfg
-    hook_name_out = known.hook_name_out or fields.get("hook_name_out")
-    return cfg, hook_name_out, known.check_mlp_hooks
+    return parser
+
+
+def parse_train_args(
+    args: Sequence[str],
+) -> tuple[LanguageModelSAERunnerConfig[Any], str | None, bool]:
+    """The runner config, the output hook and whether to check the hook pair against the
+    model's MLP, from command-line flags. What the flags leave out of the hooks and the layer's
+    shape is read from the model's config for the block ``--layer`` (or ``--hook_name``) names;
+    flags given explicitly win."""
+    args = list(args) or ["--help"]
+    options = _train_options(args)
+    given = _given(args)
+    fields = _layer_fields(options, given, help_only=_wants_help(args))
+    parser = _train_parser(options.architecture, fields, given)
+    cfg = parser.parse_args(args).cfg
+    return cfg, options.hook_name_out or fields.get("hook_name_out"), options.check_mlp_hooks
 
 
 TRAIN_DESCRIPTION = (
     "Train a layer that replaces a TransformerLens model's MLP, through SAELens's runner. "
-    "Flags of this command beside SAELens's configs: --architecture "
-    + "/".join(PAIRED_ARCHITECTURES)
-    + " (default mxd); --layer L, the block whose MLP is replaced (default: the bundled "
-    "model's default block); --match_transcoder_width W, the size at a width-W TopK "
-    "transcoder's parameter count; --hook_name_out (default blocks.L.hook_mlp_out); "
-    "--check_mlp_hooks False, to train on a hook pair the model's own MLP does not connect. "
-    "Hooks, d_in, d_out and an MxD's d_hidden, activation and glu default to {model}'s MLP."
+    "--layer L picks the MLP; the hooks, d_in, d_out and an MxD's d_hidden, activation and glu "
+    "are read from the model's config unless given."
 )
 
 
@@ -154,6 +222,37 @@ def train(args: Sequence[str]) -> None:
         print(f"saved to {cfg.output_path}")
 
 
+@dataclass
+class EvalOptions:
+    """What to evaluate, on which text."""
+
+    layers: list[str] = field(positional=True, nargs="+", metavar="LAYER")  # noqa: RUF009
+    """Folders of saved layers."""
+    model: str | None = None
+    """Model name (default: the first layer's model_name)."""
+    dataset: str = "zoo:heldout"
+    """Held-out text: the bundled corpus's split, a local file or folder, or a hub dataset."""
+    n_sequences: int | None = None
+    """Evaluate on the first N sequences (default: every full sequence of the dataset)."""
+    context_size: int = 128
+    """Tokens per sequence."""
+    batch_size: int = 8
+    """Sequences per forward."""
+    reference: str | None = None
+    """Compare every layer with this one, a folder given above (default: all pairs for up to
+    four layers, else the first layer)."""
+    device: str = "cpu"
+    """Device for the model and the layers."""
+    out_dir: str = "eval_output"
+    """Folder for results.json and report.html."""
+
+
+EVAL_DESCRIPTION = (
+    "Splice saved layers into their model and measure next-token loss, with standard errors "
+    "over sequences and paired comparisons between the layers."
+)
+
+
 def evaluate(args: Sequence[str]) -> None:
     from mxd_saelens.evaluation import evaluate_layers
     from mxd_saelens.layers import load_layer
@@ -161,40 +260,13 @@ def evaluate(args: Sequence[str]) -> None:
     from mxd_saelens.sources import load_language_model
     from mxd_saelens.tokens import token_sequences
 
-    parser = argparse.ArgumentParser(
-        prog="mxd-saelens eval",
-        description="Splice saved layers into their model and measure next-token loss, with "
-        "standard errors over sequences and paired comparisons between the layers.",
-    )
-    parser.add_argument("layers", nargs="+", help="folders of saved layers")
-    parser.add_argument("--model", help="model name (default: the first layer's model_name)")
-    parser.add_argument(
-        "--dataset", default="zoo:heldout", help="held-out text (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--n_sequences",
-        type=int,
-        default=None,
-        help="evaluate on the first N sequences (default: every full sequence of the dataset)",
-    )
-    parser.add_argument("--context_size", type=int, default=128)
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument(
-        "--reference",
-        default=None,
-        help="compare every layer with this one (a folder given above; default: all pairs "
-        "for up to four layers, else the first layer)",
-    )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out_dir", default="eval_output")
-    opts = parser.parse_args(list(args))
+    opts = parse_options(EvalOptions, args, "mxd-saelens eval", EVAL_DESCRIPTION)
     if opts.reference is not None and opts.reference not in opts.layers:
-        parser.error(f"--reference {opts.reference!r} is not one of the layers given")
-
+        raise UserError(f"--reference {opts.reference!r} is not one of the layers given")
     layers = {path: load_layer(path, device=opts.device) for path in opts.layers}
     model_name = opts.model or next(iter(layers.values())).cfg.metadata.model_name
     if not model_name:
-        parser.error("the layers do not record their model; pass --model")
+        raise UserError("the layers do not record their model; pass --model")
     model = load_language_model(model_name, device=opts.device)
     tokens = token_sequences(model, opts.dataset, opts.context_size, opts.n_sequences)
     result = evaluate_layers(model, layers, tokens.to(opts.device), batch_size=opts.batch_size)
@@ -215,13 +287,10 @@ def evaluate(args: Sequence[str]) -> None:
 def demo(args: Sequence[str]) -> None:
     from mxd_saelens.demo import DemoOptions, run_demo
 
-    parser = ArgumentParser(
-        prog="mxd-saelens demo",
-        description="Train, splice, compare and save an MxD and its matched transcoders on the "
-        "bundled model.",
+    description = (
+        "Train, splice, compare and save an MxD and its matched transcoders on the bundled model."
     )
-    parser.add_arguments(DemoOptions, dest="options")
-    run_demo(parser.parse_args(list(args)).options)
+    run_demo(parse_options(DemoOptions, args, "mxd-saelens demo", description))
 
 
 def probe(args: Sequence[str]) -> None:
@@ -237,9 +306,9 @@ def steer(args: Sequence[str]) -> None:
 
 
 def dashboard(args: Sequence[str]) -> None:
-    from mxd_saelens.dashboard import command
+    from mxd_saelens.research_cli import dashboard as run_dashboard
 
-    command(args)
+    run_dashboard(args)
 
 
 # name → (what it does, in one line; the function that runs it)
@@ -254,7 +323,14 @@ COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], None]]] = {
 
 # mistakes in what was asked for, printed as one line; anything else is a bug and raises
 # (MXD_SAELENS_TRACEBACK=1 shows the traceback instead)
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UserError,
+    ValueError,  # config validation (SAELens's and this package's), MLPHookMismatch
+    MLPHookMismatch,
+    FileNotFoundError,
+    NotADirectoryError,
+    ZooFileError,
+)
 
 
 def usage() -> str:
@@ -263,6 +339,14 @@ def usage() -> str:
     lines += [f"  {name:<{width}}  {text}" for name, (text, _) in COMMANDS.items()]
     lines += ["", "mxd-saelens COMMAND --help lists the command's flags."]
     return "\n".join(lines)
+
+
+def _exit_code(stop: SystemExit) -> int:
+    """``--help`` exits 0; a bare ``sys.exit(message)`` is a failure."""
+    if stop.code is None or isinstance(stop.code, int):
+        return stop.code or 0
+    print(f"error: {stop.code}", file=sys.stderr)
+    return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -279,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as stop:
         print(str(stop) or "interrupted", file=sys.stderr)
         return 130
+    except SystemExit as stop:
+        return _exit_code(stop)
     except USER_ERRORS as error:
         if os.environ.get("MXD_SAELENS_TRACEBACK"):
             raise

@@ -13,7 +13,6 @@ direction depends on the hidden units; the page uses their mean over the held-ou
 
 from __future__ import annotations
 
-import argparse
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -261,34 +260,3 @@ def write_dashboard(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render(stats, title, is_mxd(layer)), encoding="utf-8")
     return path
-
-
-def command(args: Sequence[str]) -> None:
-    from mxd_saelens.layers import load_layer
-    from mxd_saelens.sources import load_language_model
-    from mxd_saelens.tokens import token_sequences
-
-    parser = argparse.ArgumentParser(
-        prog="mxd-saelens dashboard",
-        description="One offline HTML page per chosen expert (MxD) or latent (transcoder).",
-    )
-    parser.add_argument("layer", help="folder of a saved layer")
-    parser.add_argument("--features", type=int, nargs="+", required=True, help="indices")
-    parser.add_argument("--dataset", default="zoo:heldout", help="text (default: %(default)s)")
-    parser.add_argument("--n_sequences", type=int, default=256)
-    parser.add_argument("--context_size", type=int, default=128)
-    parser.add_argument("--n_examples", type=int, default=8, help="top contexts per feature")
-    parser.add_argument("--model", help="model name (default: the layer's model_name)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default="dashboard.html")
-    opts = parser.parse_args(list(args))
-    layer = load_layer(opts.layer, device=opts.device)
-    features = check_features(layer, opts.features)  # before the model loads
-    model_name = opts.model or layer.cfg.metadata.model_name
-    if not model_name:
-        raise ValueError("the layer does not record its model; pass --model.")
-    model = load_language_model(model_name, device=opts.device)
-    tokens = token_sequences(model, opts.dataset, opts.context_size, opts.n_sequences)
-    title = f"{layer.cfg.architecture()} {Path(opts.layer).name} on {model_name}"
-    path = write_dashboard(layer, model, features, tokens, opts.out, title, opts.n_examples)
-    print(f"wrote {path}")

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from simple_parsing import field
+from simple_parsing.helpers import choice
+
+from mxd_saelens.cli import UserError, parse_options
 from mxd_saelens.probing import HUB_SETS, PAPER_CONTEXT
+from mxd_saelens.steering import PAPER_PROMPT, PAPER_STRENGTH
 
 CORPUS_LABELS = ("natural_language", "programming_language")
 
 
-def _load_model(parser: argparse.ArgumentParser, name: str | None, layers: list[Any], device: str):
+def _load_model(name: str | None, layers: list[Any], device: str) -> Any:
     from mxd_saelens.sources import load_language_model
 
     name = name or next((layer.cfg.metadata.model_name for layer in layers), None)
     if not name:
-        parser.error("the layers do not record their model; pass --model")
+        raise UserError("the layers do not record their model; pass --model")
     return load_language_model(name, device=device)
 
 
@@ -29,6 +34,88 @@ def _position(value: str | None) -> int | str | None:
         return int(value)
     except ValueError:
         return value
+
+
+@dataclass
+class ProbeOptions:
+    """What to probe, on which labelled texts."""
+
+    layers: list[str] = field(positional=True, nargs="*", default_factory=list, metavar="LAYER")  # noqa: RUF009
+    """Folders of saved layers."""
+    base_mlp: bool = False
+    """Also probe the base MLP's neurons (the reference)."""
+    labels: str = choice(*CORPUS_LABELS, *HUB_SETS, default="natural_language")
+    """A label of the bundled corpus, or one of the paper's hub sets."""
+    labels_source: str | None = None
+    """A local file standing in for a hub set (the hub set's columns)."""
+    per_class: int | None = None
+    """At most this many texts per class (default: the set's own number)."""
+    model: str | None = None
+    """Model name (default: the first layer's model_name)."""
+    layer: int | None = None
+    """The block of --base_mlp when no layer folder is given."""
+    context_size: int | None = None
+    """Tokens pooled per text (default: the paper's, or what fits the model)."""
+    position: str | None = None
+    """Token-level probing at this position (an int, or a token string)."""
+    n_candidates: int = 100
+    """Codes shortlisted by their class-mean difference before the F1 search."""
+    seed: int = 42
+    """Seed of the sampling and the train/test split."""
+    batch_size: int = 16
+    """Texts per forward."""
+    device: str = "cpu"
+    """Device for the model and the layers."""
+    out: str = "probe_results.json"
+    """JSON results file."""
+
+
+PROBE_DESCRIPTION = (
+    "Sparse probing: the best single code's F1 per class (one-vs-rest), for each saved layer "
+    "and, with --base_mlp, the base MLP's neurons."
+)
+
+
+@dataclass
+class SteerOptions:
+    """Which code to steer, how hard, and how the generations are scored."""
+
+    layer: str = field(positional=True, metavar="LAYER")
+    """Folder of a saved layer."""
+    expert: int = field(required=True)
+    """The expert (MxD) or latent (transcoder) to steer."""
+    strength: list[float] = field(  # noqa: RUF009
+        default_factory=lambda: [PAPER_STRENGTH], nargs="+", required=False
+    )
+    """Constant(s) added to the code at every position; 0 is always run too."""
+    prompt: str = PAPER_PROMPT
+    """The text generation continues."""
+    n_samples: int = 10
+    """Generations per strength."""
+    max_new_tokens: int = 32
+    """Tokens generated per sample."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    seed: int = 0
+    """Seed of the sampling."""
+    n_promoted: int = 10
+    """Promoted tokens scored."""
+    reference: str = "zoo:heldout"
+    """Text whose mean hidden units give an MxD expert its direction."""
+    n_reference: int = 16
+    """Reference sequences."""
+    model: str | None = None
+    """Model name (default: the layer's model_name)."""
+    device: str = "cpu"
+    """Device for the model and the layer."""
+    out: str | None = None
+    """Also write the results to this JSON file."""
+
+
+STEER_DESCRIPTION = (
+    "Generate with one expert (or latent) of a saved layer raised by a constant at every "
+    "position, and score the generations against the unsteered model."
+)
 
 
 def probe(args: Sequence[str]) -> None:
@@ -42,46 +129,12 @@ def probe(args: Sequence[str]) -> None:
         sparse_probe,
     )
 
-    parser = argparse.ArgumentParser(
-        prog="mxd-saelens probe",
-        description="Sparse probing: the best single code's F1 per class (one-vs-rest), "
-        "for each saved layer and, with --base_mlp, the base MLP's neurons.",
-    )
-    parser.add_argument("layers", nargs="*", help="folders of saved layers")
-    parser.add_argument(
-        "--base_mlp", action="store_true", help="also probe the base MLP's neurons (reference)"
-    )
-    parser.add_argument(
-        "--labels",
-        default="natural_language",
-        choices=[*CORPUS_LABELS, *HUB_SETS],
-        help="a label of the bundled corpus, or one of the paper's hub sets (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--labels_source", help="a local file standing in for a hub set (the hub set's columns)"
-    )
-    parser.add_argument("--per_class", type=int, help="at most this many texts per class")
-    parser.add_argument("--model", help="model name (default: the first layer's model_name)")
-    parser.add_argument("--layer", type=int, help="block of --base_mlp when no layer is given")
-    parser.add_argument(
-        "--context_size",
-        type=int,
-        help=f"tokens pooled per text (default: {PAPER_CONTEXT}, or what fits the model)",
-    )
-    parser.add_argument(
-        "--position", help="token-level probing at this position (an int, or a token string)"
-    )
-    parser.add_argument("--n_candidates", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default="probe_results.json", help="JSON results file")
-    opts = parser.parse_args(list(args))
+    opts = parse_options(ProbeOptions, args, "mxd-saelens probe", PROBE_DESCRIPTION)
     if not opts.layers and not opts.base_mlp:
-        parser.error("give layer folders, --base_mlp, or both")
+        raise UserError("give layer folders, --base_mlp, or both")
 
     layers = [load_layer(path, device=opts.device) for path in opts.layers]
-    model = _load_model(parser, opts.model, layers, opts.device)
+    model = _load_model(opts.model, layers, opts.device)
     sources: list[Any] = [
         LayerCodes(layer, name=path) for layer, path in zip(layers, opts.layers, strict=True)
     ]
@@ -90,7 +143,7 @@ def probe(args: Sequence[str]) -> None:
         if block is None and layers:
             block = layer_of(layers[0].cfg.metadata.hook_name)
         if block is None:
-            parser.error("--base_mlp needs --layer when no layer folder is given")
+            raise UserError("--base_mlp needs --layer when no layer folder is given")
         sources.append(NeuronCodes.of(model, block))
 
     kwargs: dict[str, Any] = {"seed": opts.seed}
@@ -121,42 +174,12 @@ def probe(args: Sequence[str]) -> None:
 
 def steer(args: Sequence[str]) -> None:
     from mxd_saelens.layers import load_layer
-    from mxd_saelens.steering import PAPER_PROMPT, PAPER_STRENGTH, evaluate_steering, format_results
+    from mxd_saelens.steering import evaluate_steering, format_results
     from mxd_saelens.tokens import token_sequences
 
-    parser = argparse.ArgumentParser(
-        prog="mxd-saelens steer",
-        description="Generate with one expert (or latent) of a saved layer raised by a constant at "
-        "every position, and score the generations against the unsteered model.",
-    )
-    parser.add_argument("layer", help="folder of a saved layer")
-    parser.add_argument("--expert", type=int, required=True, help="the expert or latent to steer")
-    parser.add_argument(
-        "--strength",
-        type=float,
-        nargs="+",
-        default=[PAPER_STRENGTH],
-        help="constant(s) added to the code; 0 is always run too (default: %(default)s)",
-    )
-    parser.add_argument("--prompt", default=PAPER_PROMPT)
-    parser.add_argument("--n_samples", type=int, default=10)
-    parser.add_argument("--max_new_tokens", type=int, default=32)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n_promoted", type=int, default=10, help="promoted tokens scored")
-    parser.add_argument(
-        "--reference",
-        default="zoo:heldout",
-        help="text whose mean hidden units give an MxD expert its direction (default: %(default)s)",
-    )
-    parser.add_argument("--n_reference", type=int, default=16, help="reference sequences")
-    parser.add_argument("--model", help="model name (default: the layer's model_name)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", help="also write the results to this JSON file")
-    opts = parser.parse_args(list(args))
-
+    opts = parse_options(SteerOptions, args, "mxd-saelens steer", STEER_DESCRIPTION)
     layer = load_layer(opts.layer, device=opts.device)
-    model = _load_model(parser, opts.model, [layer], opts.device)
+    model = _load_model(opts.model, [layer], opts.device)
     context = min(PAPER_CONTEXT, int(model.cfg.n_ctx))
     reference = token_sequences(model, opts.reference, context, opts.n_reference)
     strengths = sorted({0.0, *opts.strength})
@@ -187,3 +210,46 @@ def steer(args: Sequence[str]) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps([r.to_dict() for r in results], indent=2))
         print(f"wrote {out}")
+
+
+@dataclass
+class DashboardOptions:
+    """Which features of which layer, shown on which text."""
+
+    layer: str = field(positional=True, metavar="LAYER")
+    """Folder of a saved layer."""
+    features: list[int] = field(required=True, nargs="+")  # noqa: RUF009
+    """Indices of the experts (MxD) or latents (transcoder) to show."""
+    dataset: str = "zoo:heldout"
+    """Text the features are read on: the bundled held-out split, a local file, or a hub set."""
+    n_sequences: int = 256
+    """Sequences of that text."""
+    context_size: int = 128
+    """Tokens per sequence."""
+    n_examples: int = 8
+    """Top-activating contexts per feature."""
+    model: str | None = None
+    """Model name (default: the layer's model_name)."""
+    device: str = "cpu"
+    """Device for the model and the layer."""
+    out: str = "dashboard.html"
+    """The HTML page written."""
+
+
+DASHBOARD_DESCRIPTION = "One offline HTML page per chosen expert (MxD) or latent (transcoder)."
+
+
+def dashboard(args: Sequence[str]) -> None:
+    from mxd_saelens.dashboard import check_features, write_dashboard
+    from mxd_saelens.layers import load_layer
+    from mxd_saelens.tokens import token_sequences
+
+    opts = parse_options(DashboardOptions, args, "mxd-saelens dashboard", DASHBOARD_DESCRIPTION)
+    layer = load_layer(opts.layer, device=opts.device)
+    features = check_features(layer, opts.features)  # before the model loads
+    model = _load_model(opts.model, [layer], opts.device)
+    model_name = opts.model or layer.cfg.metadata.model_name
+    tokens = token_sequences(model, opts.dataset, opts.context_size, opts.n_sequences)
+    title = f"{layer.cfg.architecture()} {Path(opts.layer).name} on {model_name}"
+    path = write_dashboard(layer, model, features, tokens, opts.out, title, opts.n_examples)
+    print(f"wrote {path}")

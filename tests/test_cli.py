@@ -1,5 +1,5 @@
 """The command line as a user meets it: fields read from the model, paired architectures only,
-one-line errors, and a listing of the commands."""
+flags generated from dataclasses, one-line errors, and a listing of the commands."""
 
 from __future__ import annotations
 
@@ -8,9 +8,17 @@ import shlex
 
 import pytest
 
-from mxd_saelens import zoo
-from mxd_saelens.cli import COMMANDS, main, parse_train_args
+from mxd_saelens.cli import COMMANDS, EvalOptions, main, parse_options, parse_train_args
+from mxd_saelens.hooks import MLPHookMismatch
+from mxd_saelens.model_fields import PAIRED_ARCHITECTURES
 from mxd_saelens.params import matched_size
+from mxd_saelens.research_cli import ProbeOptions, SteerOptions
+from mxd_saelens.zoo import ZooFileError
+
+REPORTED = (
+    "--architecture mxd --model_name tiny-gelu --dataset_path zoo --d_in 128 --n_experts 256 "
+    "--log_to_wandb False"
+)
 
 
 def _one_error_line(capsys) -> str:
@@ -20,12 +28,18 @@ def _one_error_line(capsys) -> str:
     return err[0]
 
 
+def _help(capsys, command: str, *flags: str) -> str:
+    assert main([command, *flags, "--help"]) == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
 def test_bare_command_lists_every_subcommand_with_a_line(capsys):
     assert main([]) == 2
     out = capsys.readouterr().out
-    for name in COMMANDS:
+    for name in (*COMMANDS, "dashboard"):
         assert any(line.strip().startswith(name + " ") for line in out.splitlines()), name
     assert main(["--help"]) == 0
+    assert "train one layer that replaces a model's MLP" in capsys.readouterr().out
 
 
 def test_unknown_command_is_one_line(capsys):
@@ -33,19 +47,43 @@ def test_unknown_command_is_one_line(capsys):
     assert "trian" in _one_error_line(capsys)
 
 
-def test_the_reported_command_now_replaces_the_mlp_not_an_identity(capsys):
-    # before: blocks.0.hook_mlp_out → blocks.0.hook_mlp_out, d_hidden etc. never read
+def test_train_without_a_block_refuses_rather_than_train_saelens_default_hook(capsys):
+    # before: this trained blocks.0.hook_mlp_out → blocks.0.hook_mlp_out, an identity map
+    assert main(["train", *shlex.split(REPORTED)]) == 2
+    assert "--layer L" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("model", "shape"),
+    [("tiny-gelu", (512, "gelu_tanh", False)), ("tiny-gated", (512, "silu", True))],
+)
+def test_layer_fills_hooks_and_the_mlps_shape_from_the_model(model: str, shape: tuple):
     cfg, hook_out, check = parse_train_args(
+        shlex.split(f"--model_name {model} --layer 0 --n_experts 256 --log_to_wandb False")
+    )
+    assert (cfg.hook_name, hook_out) == ("blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out")
+    assert (cfg.sae.d_in, cfg.sae.d_out) == (128, 128)
+    assert (cfg.sae.d_hidden, cfg.sae.activation, cfg.sae.glu) == shape
+    assert cfg.sae.n_experts == 256 and cfg.sae.k == 32 and check
+    assert cfg.model_name == model
+
+
+def test_a_hook_name_alone_names_the_block_and_explicit_fields_win():
+    cfg, hook_out, _ = parse_train_args(
         shlex.split(
-            "--architecture mxd --model_name tiny-gelu --dataset_path zoo --d_in 128 "
-            "--n_experts 256 --log_to_wandb False"
+            "--model_name tiny-gelu --hook_name blocks.1.ln2.hook_normalized --n_experts 64 "
+            "--d_hidden 256 --activation relu --check_mlp_hooks False --log_to_wandb False"
         )
     )
-    layer = zoo.default_layer("tiny-gelu")
-    assert cfg.hook_name == f"blocks.{layer}.ln2.hook_normalized"
-    assert hook_out == f"blocks.{layer}.hook_mlp_out"
-    assert (cfg.sae.d_hidden, cfg.sae.activation, cfg.sae.glu) == (512, "gelu_tanh", False)
-    assert cfg.sae.n_experts == 256 and check
+    assert (cfg.hook_name, hook_out) == ("blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out")
+    assert (cfg.sae.d_in, cfg.sae.d_hidden, cfg.sae.activation) == (128, 256, "relu")
+    _, out, check = parse_train_args(
+        shlex.split(
+            "--layer 2 --n_experts 64 --hook_name_out blocks.2.hook_resid_post "
+            "--check_mlp_hooks False --log_to_wandb False"
+        )
+    )
+    assert (out, check) == ("blocks.2.hook_resid_post", False)
 
 
 def test_layer_and_matched_width_fill_every_field_from_the_model():
@@ -59,43 +97,146 @@ def test_layer_and_matched_width_fill_every_field_from_the_model():
     assert (cfg.sae.d_in, cfg.sae.d_out, cfg.sae.d_hidden) == (128, 128, 512)
     assert (cfg.sae.activation, cfg.sae.glu, cfg.sae.k) == ("silu", True, 16)
     assert cfg.sae.n_experts == matched_size("mxd", 128, 128, 512, True, 4096)["n_experts"]
-    skip, _, _ = parse_train_args(
-        shlex.split(
-            "--architecture topk_skip_transcoder --model_name tiny-gelu --layer 3 "
-            "--match_transcoder_width 4096 --log_to_wandb False"
+    for architecture in ("topk_transcoder", "topk_skip_transcoder"):
+        tc, _, _ = parse_train_args(
+            shlex.split(
+                f"--architecture {architecture} --model_name tiny-gelu --layer 3 "
+                "--match_transcoder_width 4096 --log_to_wandb False"
+            )
         )
+        assert tc.sae.d_sae == matched_size(architecture, 128, 128, 512, False, 4096)["d_sae"]
+        assert tc.hook_name == "blocks.3.ln2.hook_normalized"
+    tc, _, _ = parse_train_args(
+        shlex.split("--architecture topk_transcoder --layer 3 --match_transcoder_width 4096")
     )
-    assert (
-        skip.sae.d_sae == matched_size("topk_skip_transcoder", 128, 128, 512, False, 4096)["d_sae"]
-    )
-    assert skip.hook_name == "blocks.3.ln2.hook_normalized"
+    assert tc.sae.d_sae == 4096
 
 
 def test_help_shows_the_models_values_not_placeholders(capsys):
-    with pytest.raises(SystemExit):
-        parse_train_args(["--model_name", "tiny-gelu", "--help"])
-    text = " ".join(capsys.readouterr().out.split())
+    text = _help(capsys, "train", "--model_name", "tiny-gelu", "--layer", "2")
     assert "--d_in int (default: 128)" in text
     assert "--d_hidden int" in text and "(default: 512)" in text
     assert "(default: blocks.2.ln2.hook_normalized)" in text
-    assert "--layer" in text and "--match_transcoder_width" in text and "--hook_name_out" in text
+    for flag in ("--layer", "--match_transcoder_width", "--hook_name_out", "--check_mlp_hooks"):
+        assert flag in text
+    assert "(default: blocks.0.hook_mlp_out)" not in text
+
+
+def test_help_without_a_model_shows_no_placeholder_sizes(capsys):
+    text = _help(capsys, "train")
+    for placeholder in ("(default: 512)", "(default: 1024)", "blocks.0.hook_mlp_out"):
+        assert placeholder not in text
+    assert "{" + ",".join(PAIRED_ARCHITECTURES) + "}" in text  # the only choices offered
+    assert "L, the block whose MLP is replaced" in text  # --layer has help text
+
+
+@pytest.mark.parametrize("architecture", ["topk", "standard", "batchtopk", "jumprelu"])
+def test_non_paired_architectures_are_refused_listing_the_choices(architecture: str, capsys):
+    assert main(["train", "--architecture", architecture, "--layer", "2"]) == 2
+    line = _one_error_line(capsys)
+    assert f"invalid choice: {architecture!r}" in line
+    assert all(name in line for name in PAIRED_ARCHITECTURES)
 
 
 @pytest.mark.parametrize(
     ("flags", "says"),
     [
-        ("--architecture topk", "does not replace an MLP"),
-        ("--architecture standard --layer 2", "does not replace an MLP"),
         ("--model_name tiny-gelu --layer 9", "out of range"),
-        ("--model_name tiny-gelu --layer 2 --d_in 64", "leave d_in out"),
+        (
+            "--model_name tiny-gelu --layer 2 --d_in 64",
+            "d_in=64 but block 2 of tiny-gelu has width 128",
+        ),
         ("--model_name tiny-gelu --layer 2 --n_experts 64 --k 0", "k=0"),
         ("--model_name tiny-gelu --layer 2 --n_experts 64 --activation gelu2", "activation"),
+        ("--model_name tiny-gelu --layer 2", "n_experts"),
         ("--model_name some-hub-model", "--layer L"),
+        ("--layer 2 --n_expert 64", "unrecognized arguments: --n_expert"),  # before n_experts' own
+        ("--layer two", "--layer"),
     ],
 )
 def test_config_mistakes_are_one_error_line(flags: str, says: str, capsys):
     assert main(["train", *flags.split(), "--log_to_wandb", "False"]) == 2
     assert says in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["eval"], "LAYER"),
+        (["eval", "/nonexistent/layer"], "/nonexistent/layer"),
+        (["eval", "a", "--reference", "b"], "--reference"),
+        (["eval", "a", "--n_sequnces", "4"], "--n_sequnces"),
+        (["probe"], "--base_mlp"),
+        (["probe", "--base_mlp", "--labels", "poetry"], "invalid choice: 'poetry'"),
+        (["steer", "a_layer"], "--expert"),
+        (["dashboard", "a_layer"], "--features"),
+    ],
+)
+def test_eval_probe_and_steer_mistakes_are_one_error_line(argv: list[str], says: str, capsys):
+    assert main(argv) == 2
+    assert says in _one_error_line(capsys)
+
+
+def _raises(error: BaseException):
+    def command(args) -> None:
+        raise error
+
+    return command
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ZooFileError("/x/model.safetensors", "corrupt weights file", "make zoo"),
+        MLPHookMismatch("the input hook is not what the MLP's weights see"),
+        FileNotFoundError("no such file: layer/cfg.json"),
+    ],
+)
+def test_the_packages_errors_are_one_line_and_bugs_still_raise(error, monkeypatch, capsys):
+    monkeypatch.setitem(COMMANDS, "boom", ("raises", _raises(error)))
+    assert main(["boom"]) == 2
+    _one_error_line(capsys)
+    monkeypatch.setitem(COMMANDS, "boom", ("raises", _raises(RuntimeError("a bug"))))
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["boom"])
+    monkeypatch.setitem(COMMANDS, "boom", ("raises", _raises(KeyboardInterrupt())))
+    assert main(["boom"]) == 130
+
+
+def test_eval_probe_steer_flags_come_from_dataclasses_with_the_old_names_and_defaults(capsys):
+    ev = parse_options(EvalOptions, ["a", "b"], "eval", "")
+    assert (ev.layers, ev.dataset, ev.n_sequences, ev.context_size) == (
+        ["a", "b"],
+        "zoo:heldout",
+        None,
+        128,
+    )
+    assert (ev.batch_size, ev.reference, ev.device, ev.out_dir) == (8, None, "cpu", "eval_output")
+    pr = parse_options(ProbeOptions, ["a", "--base_mlp", "--per_class", "30"], "probe", "")
+    assert (pr.layers, pr.base_mlp, pr.labels, pr.per_class) == (
+        ["a"],
+        True,
+        "natural_language",
+        30,
+    )
+    assert (pr.n_candidates, pr.seed, pr.batch_size, pr.out) == (100, 42, 16, "probe_results.json")
+    st = parse_options(SteerOptions, ["a", "--expert", "3", "--strength", "0", "-30"], "steer", "")
+    assert (st.layer, st.expert, st.strength, st.n_samples) == ("a", 3, [0.0, -30.0], 10)
+    assert (st.max_new_tokens, st.reference, st.n_reference, st.out) == (
+        32,
+        "zoo:heldout",
+        16,
+        None,
+    )
+    for command, flag in [
+        ("eval", "--n_sequences"),
+        ("probe", "--labels_source"),
+        ("dashboard", "--n_examples"),
+        ("steer", "--n_promoted"),
+    ]:
+        text = _help(capsys, command)
+        assert flag in text and "(default:" in text
+        assert "Options(" not in text  # the dataclass's docstring, not its generated signature
 
 
 def test_train_through_the_command_line(tmp_path, capsys):

@@ -199,3 +199,24 @@ def test_sae_lens_own_runner_loads_a_bundled_model_by_name(tmp_path):
     assert runner.model.cfg.d_vocab == zoo.load("tiny-gelu").cfg.d_vocab
     runner.run()
     assert (tmp_path / "sae" / "cfg.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["tiny-gelu", "tiny-gated"])
+def test_sae_lens_load_model_gives_each_bundled_model_as_the_class_asked_for(name: str):
+    from sae_lens import HookedSAETransformer
+    from sae_lens.load_model import load_model
+
+    import mxd_saelens  # noqa: F401  (teaches SAELens's load_model the bundled names)
+
+    plain = zoo.load(name)
+    tokens = plain.to_tokens("The cat sat on the mat.")
+    for class_name, cls in [
+        ("HookedSAETransformer", HookedSAETransformer),
+        ("HookedTransformer", HookedTransformer),
+    ]:
+        model = load_model(class_name, name, device="cpu")
+        assert type(model) is cls
+        torch.testing.assert_close(model(tokens), plain(tokens), rtol=0, atol=0)
+    direct = zoo.load(name, cls=HookedSAETransformer)
+    assert type(direct) is HookedSAETransformer
+    torch.testing.assert_close(direct(tokens), plain(tokens), rtol=0, atol=0)

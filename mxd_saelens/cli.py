@@ -24,6 +24,7 @@ from simple_parsing import ArgumentParser, field, subgroups
 from simple_parsing.helpers import choice
 
 import mxd_saelens  # noqa: F401  (registers the architectures)
+from mxd_saelens import zoo
 from mxd_saelens.config import fields_from_model
 from mxd_saelens.hooks import MLPHookMismatch, layer_of
 from mxd_saelens.model_fields import PAIRED_ARCHITECTURES
@@ -152,6 +153,16 @@ HOOK_NAME_HELP = (
 )
 
 
+DATASET_HELP = (
+    "Training text: 'zoo' (the bundled corpus, the default for a bundled model), a local file "
+    "or folder (json, jsonl, parquet, csv, txt), or a Hugging Face dataset name."
+)
+
+
+def _default_dataset(model: str) -> str:
+    return "zoo" if model in zoo.list_models() else ""
+
+
 def _train_parser(
     architecture: str, fields: dict[str, Any], given: dict[str, Any]
 ) -> CommandParser:
@@ -170,6 +181,11 @@ def _train_parser(
                 "hook_name",
                 str,
                 field(default=fields.get("hook_name", ""), help=HOOK_NAME_HELP),
+            ),
+            (
+                "dataset_path",
+                str,
+                field(default=_default_dataset(fields["model_name"]), help=DATASET_HELP),
             ),
             (
                 "sae",
@@ -202,6 +218,8 @@ def parse_train_args(
     fields = _layer_fields(options, given, help_only=_wants_help(args))
     parser = _train_parser(options.architecture, fields, given)
     cfg = parser.parse_args(args).cfg
+    if not cfg.dataset_path:  # SAELens would find out only after loading the model
+        raise UserError(f"say what to train on: --dataset_path (no default for {cfg.model_name})")
     return cfg, options.hook_name_out or fields.get("hook_name_out"), options.check_mlp_hooks
 
 

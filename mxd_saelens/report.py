@@ -107,7 +107,7 @@ def _zero_ablation_delta(rows: Sequence[Row]) -> float | None:
 
 def frontier_figure(rows: Sequence[Row], title: str = "Sparsity–accuracy frontier") -> go.Figure:
     """L0 against ΔCE with ± 1 SE error bars, one line per architecture (parameter counts in
-    the labels); the y axis starts at 0 with the clean model's ΔCE = 0 drawn, and the MLP
+    the labels); both axes start at 0, with the clean model's ΔCE = 0 drawn, and the MLP
     zero-ablated ΔCE drawn when in range, else noted."""
     figure = go.Figure()
     for architecture in sorted({row["architecture"] for row in rows}):
@@ -142,6 +142,8 @@ def frontier_figure(rows: Sequence[Row], title: str = "Sparsity–accuracy front
             )
         )
     _reference_lines(figure, rows)
+    # from L0 = 0, so that a fraction of an expert's difference does not look like a gap
+    figure.update_xaxes(range=[0, 1.05 * max([_finite(r, "l0", 0.0) for r in rows] + [1.0])])
     figure.update_layout(
         title=title,
         xaxis_title="L0: active experts or latents per token (lower is better)",

@@ -256,3 +256,18 @@ def test_train_through_the_command_line(tmp_path, capsys):
     assert saved["metadata"]["hook_name_out"] == "blocks.1.hook_mlp_out"
     assert (saved["d_hidden"], saved["activation"]) == (512, "gelu_tanh")
     assert "replacing tiny-gelu's MLP" in capsys.readouterr().err
+
+
+def test_a_bundled_model_trains_on_the_bundled_corpus_unless_told_otherwise(capsys):
+    cfg, _, _ = parse_train_args(shlex.split("--layer 2 --n_experts 64 --log_to_wandb False"))
+    assert cfg.dataset_path == "zoo"
+    cfg, _, _ = parse_train_args(
+        shlex.split("--layer 2 --n_experts 64 --dataset_path my/data --log_to_wandb False")
+    )
+    assert cfg.dataset_path == "my/data"
+    # a hub model has no default text: one error line, before the model is loaded
+    flags = "--model_name some-org/some-model --hook_name blocks.2.ln2.hook_normalized "
+    flags += "--d_in 8 --d_out 8 --d_hidden 32 --activation gelu --glu False --n_experts 64 "
+    flags += "--log_to_wandb False"
+    assert main(["train", *shlex.split(flags)]) == 2
+    assert "--dataset_path" in _one_error_line(capsys)

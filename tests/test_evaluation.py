@@ -240,6 +240,8 @@ def test_report_holds_error_bars_and_comparisons(evaluation, tmp_path: Path):
     lowest = min(r["delta_ce"] - r["delta_ce_se"] for r in evaluation.rows)
     assert layout["yaxis"]["range"][0] == pytest.approx(min(0.0, lowest))
     assert "lower is better" in layout["yaxis"]["title"]["text"]
+    assert layout["xaxis"]["range"][0] == 0  # L0 from zero: no auto-zoom on a tiny spread
+    assert layout["xaxis"]["range"][1] >= max(r["l0"] for r in evaluation.rows)
     html = html_path.read_text()
     assert "MLP zero-ablated" in html and "Paired comparisons" in html
 

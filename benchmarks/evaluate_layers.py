@@ -27,20 +27,20 @@ from mxd_saelens.report import format_comparisons, format_table
 from mxd_saelens.tokens import token_sequences
 
 
-def paired_names(specs: dict[str, dict[str, Any]], extra: list[str]) -> list[tuple[str, str]]:
-    """Each MxD against every non-MxD layer of the same k and lr, then ``a:b`` extras."""
+def paired_names(
+    specs: dict[str, dict[str, Any]], extra: list[str], by_k: bool = False
+) -> list[tuple[str, str]]:
+    """Each MxD against every non-MxD layer of the same k and lr (with ``by_k``: of the same k,
+    whatever their recipes), then ``a:b`` extras."""
     pairs = []
     for a, spec_a in specs.items():
         if spec_a["architecture"] != "mxd":
             continue
         for b, spec_b in specs.items():
-            if spec_b["architecture"] == "mxd":
+            if spec_b["architecture"] == "mxd" or spec_a["k"] != spec_b["k"]:
                 continue
-            if (spec_a["k"], spec_a["lr"]) == (spec_b["k"], spec_b["lr"]) and set(spec_a) == {
-                "architecture",
-                "k",
-                "lr",
-            }:
+            plain = set(spec_a) == {"architecture", "k", "lr"} and spec_a["lr"] == spec_b["lr"]
+            if by_k or plain:
                 pairs.append((a, b))
     pairs += [tuple(item.split(":", 1)) for item in extra]  # type: ignore[misc]
     return pairs
@@ -51,31 +51,9 @@ def folder_is_final(work: Path, specs: dict[str, Any]) -> bool:
     return all((work / name / "cfg.json").exists() for name in specs)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--work_dir", required=True)
-    parser.add_argument("--snapshots", action="store_true", help="evaluate the snapshots too")
-    parser.add_argument(
-        "--snapshot_tokens", nargs="*", type=int, default=None, help="only these snapshots"
-    )
-    parser.add_argument(
-        "--snapshot_layers", nargs="*", default=None, help="only these layers' snapshots"
-    )
-    parser.add_argument("--n_sequences", type=int, default=None, help="default: all held-out")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--pairs", nargs="*", default=[], help="extra comparisons a:b")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--out", required=True)
-    opts = parser.parse_args()
-    torch.set_num_threads(opts.threads)
-
-    work = Path(opts.work_dir)
+def stages_of(work: Path, specs: dict[str, Any], opts: argparse.Namespace) -> dict[int, Path]:
+    """Token count → folder holding the run's layers then: the finished run and its snapshots."""
     manifest = json.loads((work / "manifest.json").read_text())
-    specs: dict[str, dict[str, Any]] = manifest["layers"]
-    model = zoo.load(manifest["model"])
-    tokens = token_sequences(model, zoo.load_corpus("heldout"), 128, opts.n_sequences)
-    print(f"{manifest['model']}: {tokens.shape[0]} held-out sequences, {tokens.numel():,} tokens")
-
     stages: dict[int, Path] = {}
     if folder_is_final(work, specs):
         stages[manifest["tokens_per_layer"]] = work
@@ -87,33 +65,77 @@ def main() -> None:
             if p.name.isdigit()
             and (opts.snapshot_tokens is None or int(p.name) in opts.snapshot_tokens)
         }
-    if not stages:
-        raise SystemExit(f"no trained layers under {work} (did the run finish?)")
-    final_tokens = manifest["tokens_per_layer"] if folder_is_final(work, specs) else None
+    return stages
 
-    def wanted(tokens_seen: int, name: str) -> bool:
-        return (
-            tokens_seen == final_tokens or not opts.snapshot_layers or name in opts.snapshot_layers
-        )
 
-    layers = {
-        f"{tokens_seen}/{name}": SAE.load_from_disk(folder / name)
-        for tokens_seen, folder in sorted(stages.items())
-        for name in specs
-        if wanted(tokens_seen, name)
-    }
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--work_dir", nargs="+", required=True, help="runs of one model (names must differ)"
+    )
+    parser.add_argument("--snapshots", action="store_true", help="evaluate the snapshots too")
+    parser.add_argument(
+        "--snapshot_tokens", nargs="*", type=int, default=None, help="only these snapshots"
+    )
+    parser.add_argument(
+        "--snapshot_layers", nargs="*", default=None, help="only these layers' snapshots"
+    )
+    parser.add_argument("--n_sequences", type=int, default=None, help="default: all held-out")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--pairs", nargs="*", default=[], help="extra comparisons a:b")
+    parser.add_argument(
+        "--pair_by_k",
+        action="store_true",
+        help="compare each MxD with every transcoder of its k, whatever their learning rates",
+    )
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", required=True)
+    opts = parser.parse_args()
+    torch.set_num_threads(opts.threads)
+
+    works = [Path(w) for w in opts.work_dir]
+    manifests = [json.loads((w / "manifest.json").read_text()) for w in works]
+    if len({m["model"] for m in manifests}) != 1:
+        raise SystemExit("the runs are of different models; evaluate them separately")
+    specs: dict[str, dict[str, Any]] = {}
+    for work, manifest in zip(works, manifests, strict=True):
+        clash = set(specs) & set(manifest["layers"])
+        if clash:
+            raise SystemExit(f"layer names {sorted(clash)} appear in two runs; rename one")
+        specs |= {name: {**spec, "run": str(work)} for name, spec in manifest["layers"].items()}
+    model = zoo.load(manifests[0]["model"])
+    tokens = token_sequences(model, zoo.load_corpus("heldout"), 128, opts.n_sequences)
+    print(
+        f"{manifests[0]['model']}: {tokens.shape[0]} held-out sequences, {tokens.numel():,} tokens"
+    )
+
+    layers: dict[str, Any] = {}
+    stage_tokens: set[int] = set()
+    for work, manifest in zip(works, manifests, strict=True):
+        names = manifest["layers"]
+        final_tokens = manifest["tokens_per_layer"] if folder_is_final(work, names) else None
+        for tokens_seen, folder in sorted(stages_of(work, names, opts).items()):
+            for name in names:
+                snapshot_wanted = not opts.snapshot_layers or name in opts.snapshot_layers
+                if tokens_seen == final_tokens or snapshot_wanted:
+                    layers[f"{tokens_seen}/{name}"] = SAE.load_from_disk(folder / name)
+                    stage_tokens.add(tokens_seen)
+    if not layers:
+        raise SystemExit(f"no trained layers under {', '.join(map(str, works))} (did it finish?)")
     started = time.perf_counter()
     evaluation = evaluate_layers(model, layers, tokens, batch_size=opts.batch_size)
     seconds = time.perf_counter() - started
 
-    pairs = paired_names(specs, opts.pairs)
+    pairs = paired_names(specs, opts.pairs, by_k=opts.pair_by_k)
     by_stage: dict[str, Any] = {}
-    for tokens_seen in sorted(stages):
+    for tokens_seen in sorted(stage_tokens):
         rows = [
             {**row, "name": row["name"].split("/", 1)[1], **specs[row["name"].split("/", 1)[1]]}
             for row in evaluation.rows
             if row["name"].startswith(f"{tokens_seen}/")
         ]
+        for row in rows:
+            row["training_tokens"] = tokens_seen
         present = {row["name"] for row in rows}
         comparisons = []
         for a, b in pairs:
@@ -125,14 +147,16 @@ def main() -> None:
         print(format_table(rows))
         if comparisons:
             print(format_comparisons(comparisons))
-    final = by_stage[str(max(stages))]
+    final = by_stage[str(max(stage_tokens))]
+    trainings = [{k: v for k, v in m.items() if k != "layers"} for m in manifests]
     write_result(
         opts.out,
         {
-            "model": manifest["model"],
-            "layer": manifest["layer"],
-            "training": {k: v for k, v in manifest.items() if k != "layers"},
-            "tokens_per_layer": max(stages),
+            "model": manifests[0]["model"],
+            "layer": manifests[0]["layer"],
+            "training": trainings[0],
+            "trainings": trainings,
+            "tokens_per_layer": max(stage_tokens),
             "n_sequences": int(tokens.shape[0]),
             "n_eval_tokens": int(tokens.numel()),
             "eval_seconds": round(seconds, 1),

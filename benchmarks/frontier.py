@@ -41,37 +41,84 @@ KEEP = (
     "ce_clean",
     "ce_zero_ablation",
     "n_tokens",
+    "training_tokens",
+    "lr_decay_steps",
 )
 SHORT = {"mxd": "MxD", "topk_transcoder": "TopK TC", "topk_skip_transcoder": "skip TC"}
 
 
-def model_result(evaluation: dict[str, Any]) -> dict[str, Any]:
+def frontier_rows(rows: list[dict[str, Any]], best_lr: bool) -> list[dict[str, Any]]:
+    """One row per (architecture, k): the grid's plain ``<architecture>-k<k>`` layer, or with
+    ``best_lr`` the lowest-ΔCE layer of that architecture and k among every recipe trained."""
+    if not best_lr:
+        return [r for r in rows if r["name"].count("-") == 1]
+    best: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["architecture"], row["k"])
+        if key not in best or row["delta_ce"] < best[key]["delta_ce"]:
+            best[key] = row
+    return sorted(best.values(), key=lambda r: (r["k"], r["architecture"]))
+
+
+def _kept_rows(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
     rows = [{key: row.get(key) for key in KEEP} for row in evaluation["rows"]]
     for row, full in zip(rows, evaluation["rows"], strict=True):
         row.update({k: v for k, v in full.items() if k.startswith("dead_feature_aux")})
+        row["training_tokens"] = full.get("training_tokens", evaluation["tokens_per_layer"])
+    return rows
+
+
+def model_result(evaluations: list[dict[str, Any]], best_lr: bool = False) -> dict[str, Any]:
+    """One model's frontier from one or more evaluations of it on the same held-out tokens.
+    Each k comes from the longest-trained evaluation holding all three architectures at that k,
+    so that the layers compared at a k share a budget and their paired standard errors."""
+    rows: list[dict[str, Any]] = []
+    comparisons: list[dict[str, Any]] = []
+    candidates: list[dict[str, Any]] = []
+    sources: dict[int, int] = {}  # k → training tokens of the evaluation it came from
+    ranked = sorted(evaluations, key=lambda e: e["tokens_per_layer"], reverse=True)
+    for evaluation in ranked:
+        kept = frontier_rows(_kept_rows(evaluation), best_lr)
+        for k in sorted({r["k"] for r in kept} - set(sources)):
+            at_k = [r for r in kept if r["k"] == k]
+            if {r["architecture"] for r in at_k} < set(SHORT):
+                continue
+            sources[k] = evaluation["tokens_per_layer"]
+            names = {r["name"] for r in at_k}
+            rows += at_k
+            comparisons += [
+                c for c in evaluation["comparisons"] if c["a"] in names and c["b"] in names
+            ]
+        if best_lr:
+            candidates += _kept_rows(evaluation)
+    first = evaluations[0]
+    trainings = [t for e in evaluations for t in e.get("trainings", [e["training"]])]
     return {
-        "layer": evaluation["layer"],
-        "tokens_per_layer": evaluation["tokens_per_layer"],
-        "n_eval_sequences": evaluation["n_sequences"],
-        "n_eval_tokens": evaluation["n_eval_tokens"],
-        "training_seconds": evaluation["training"]["seconds"],
-        "rows": rows,
-        "comparisons": evaluation["comparisons"],
+        "layer": first["layer"],
+        "tokens_per_layer": min(sources.values()),
+        "tokens_per_k": {str(k): sources[k] for k in sorted(sources)},
+        "n_eval_sequences": first["n_sequences"],
+        "n_eval_tokens": first["n_eval_tokens"],
+        "training_seconds": sum(t["seconds"] or 0 for t in trainings) or None,
+        "selection": "lowest ΔCE per architecture and k" if best_lr else "the grid's layers",
+        "rows": sorted(rows, key=lambda r: (r["k"], r["architecture"])),
+        "comparisons": comparisons,
+        "candidates": candidates or None,
     }
 
 
 def markdown(model: str, result: dict[str, Any]) -> str:
     """The README table: per k, ΔCE ± SE of each architecture, the MxD/TopK ratio and the paired
     difference in standard errors, and dead fractions."""
-    by = {(r["architecture"], r["k"]): r for r in result["rows"] if r["name"].count("-") == 1}
+    by = {(r["architecture"], r["k"]): r for r in result["rows"]}
     pairs = {(c["a"], c["b"]): c for c in result["comparisons"]}
     lines = [
-        f"**{model}**, layer {result['layer']}, {result['tokens_per_layer']:,} training tokens "
-        "per layer:",
+        f"**{model}**, layer {result['layer']}; training tokens per layer by k: "
+        + ", ".join(f"k = {k}: {t:,}" for k, t in result["tokens_per_k"].items()),
         "",
         "| k | MxD ΔCE (L0) | TopK TC ΔCE | skip TC ΔCE | MxD / TopK | (TopK − MxD) / paired SE "
-        "| MxD / skip | dead: MxD, TopK, skip |",
-        "|---|---|---|---|---|---|---|---|",
+        "| MxD / skip | dead: MxD, TopK, skip | lr: MxD, TopK, skip |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for k in sorted({key[1] for key in by}):
         m, t, s = (by.get((a, k)) for a in SHORT)
@@ -86,18 +133,32 @@ def markdown(model: str, result: dict[str, Any]) -> str:
             f"| {mt.get('delta_ce_ratio', float('nan')):.2f} "
             f"| {-mt.get('delta_ce_z', float('nan')):.1f} "
             f"| {ms.get('delta_ce_ratio', float('nan')):.2f} "
-            f"| {m['dead_fraction']:.0%}, {t['dead_fraction']:.0%}, {s['dead_fraction']:.0%} |"
+            f"| {m['dead_fraction']:.0%}, {t['dead_fraction']:.0%}, {s['dead_fraction']:.0%} "
+            f"| {_recipe(m)}, {_recipe(t)}, {_recipe(s)} |"
         )
     return "\n".join(lines)
+
+
+def _recipe(row: dict[str, Any]) -> str:
+    """The learning rate, with "↘" when it decays over the last steps."""
+    return f"{row['lr']:g}" + (" ↘" if row.get("lr_decay_steps") else "")
+
+
+def _budget_recipe(row: dict[str, Any], k: int) -> bool:
+    """The budget curve's recipe: the frontier grid's constant learning rate of 1e-2 at k."""
+    return (
+        row["k"] == k
+        and row["lr"] == 1e-2
+        and not row.get("lr_decay_steps")
+        and not any(key in row for key in ("init", "dead_feature_aux_k"))
+    )
 
 
 def budget(evaluation: dict[str, Any], k: int = 32) -> list[dict[str, Any]]:
     """MxD and TopK transcoder at k after each evaluated token count, with their comparison."""
     points = []
     for tokens_seen, stage in sorted(evaluation["by_tokens"].items(), key=lambda t: int(t[0])):
-        rows = {
-            r["architecture"]: r for r in stage["rows"] if r["k"] == k and r["name"].count("-") == 1
-        }
+        rows = {r["architecture"]: r for r in stage["rows"] if _budget_recipe(r, k)}
         if "mxd" not in rows or "topk_transcoder" not in rows:
             continue
         pair = next(
@@ -137,6 +198,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--evaluations", nargs="+", required=True)
     parser.add_argument("--out", default="benchmarks/results/frontier.json")
+    parser.add_argument(
+        "--best_lr",
+        action="store_true",
+        help="per architecture and k, the lowest-ΔCE layer among the recipes trained",
+    )
     parser.add_argument("--budget_from", default=None, help="model whose snapshots give the budget")
     parser.add_argument("--budget_out", default="benchmarks/results/budget.json")
     parser.add_argument(
@@ -144,8 +210,11 @@ def main() -> None:
     )
     opts = parser.parse_args()
     evaluations = [json.loads(Path(p).read_text()) for p in opts.evaluations]
-    results = {e["model"]: model_result(e) for e in evaluations}
-    tokens = {e["tokens_per_layer"] for e in evaluations}
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for evaluation in evaluations:
+        by_model.setdefault(evaluation["model"], []).append(evaluation)
+    results = {model: model_result(group, opts.best_lr) for model, group in by_model.items()}
+    tokens = {r["tokens_per_layer"] for r in results.values()}
     training = evaluations[0]["training"]
     write_result(
         opts.out,
@@ -154,8 +223,13 @@ def main() -> None:
             "batch_tokens": training["batch_tokens"],
             "shuffle_tokens": training["shuffle_tokens"],
             "evaluations": opts.evaluations,
-            "training_commands": {e["model"]: e["training"]["command"] for e in evaluations},
-            "evaluation_commands": {e["model"]: e["command"] for e in evaluations},
+            "training_commands": {
+                model: [t["command"] for e in group for t in e.get("trainings", [e["training"]])]
+                for model, group in by_model.items()
+            },
+            "evaluation_commands": {
+                model: [e["command"] for e in group] for model, group in by_model.items()
+            },
             "results": results,
         },
     )
@@ -163,8 +237,11 @@ def main() -> None:
         print()
         print(markdown(model, result))
     if opts.budget_from is not None:
-        (evaluation,) = [e for e in evaluations if e["model"] == opts.budget_from]
-        by_tokens = dict(evaluation["by_tokens"])
+        group = by_model[opts.budget_from]
+        evaluation = group[0]
+        by_tokens: dict[str, Any] = {}
+        for other in group:
+            by_tokens |= other["by_tokens"]
         for path in opts.budget_extra:
             by_tokens |= json.loads(Path(path).read_text())["by_tokens"]
         points = budget({**evaluation, "by_tokens": by_tokens})
@@ -173,8 +250,10 @@ def main() -> None:
             {
                 "model": opts.budget_from,
                 "k": 32,
-                "training_command": evaluation["training"]["command"],
-                "evaluation_command": evaluation["command"],
+                "training_commands": [
+                    t["command"] for e in group for t in e.get("trainings", [e["training"]])
+                ],
+                "evaluation_commands": [e["command"] for e in group],
                 "extra_evaluations": opts.budget_extra,
                 "n_eval_tokens": evaluation["n_eval_tokens"],
                 "points": points,

@@ -13,6 +13,7 @@ for a pair of hooks that is meant not to be the MLP's).
 
 from __future__ import annotations
 
+import copy
 import pickle
 import signal
 from collections.abc import Iterator, Sequence
@@ -39,8 +40,10 @@ from mxd_saelens.activations import (
     is_bundled_corpus,
     store_notices_silenced,
 )
+from mxd_saelens.cached_store import CachedPairedActivations
 from mxd_saelens.evaluation import evaluate_splice, flatten_metrics
 from mxd_saelens.hooks import MLPHooks, check_mlp_pair, resolve_mlp_hooks
+from mxd_saelens.paired_cache import PairedCache, as_tensor, open_cache_for, uses_cache
 from mxd_saelens.sources import load_dataset_source, load_language_model
 from mxd_saelens.splice import SplicedLayer
 from mxd_saelens.trainer import PairedSAETrainer
@@ -108,11 +111,6 @@ def check_runner_config(cfg: LanguageModelSAERunnerConfig[Any]) -> None:
         raise ValueError(
             f"init={init!r} copies the MLP's weights, which read unscaled activations: use "
             "normalize_activations='none' with it."
-        )
-    if cfg.use_cached_activations:
-        raise ValueError(
-            "cached activations hold a single hook; paired training needs the MLP's input "
-            "and output from the same forward. Set use_cached_activations=False."
         )
     _check_numbers(cfg)
     for field, dtype in (("dtype", cfg.dtype), ("sae.dtype", cfg.sae.dtype)):
@@ -217,6 +215,44 @@ def check_hook_pairs(
         )
 
 
+@torch.no_grad()
+def check_cached_pairs(
+    model: HookedRootModule, pairs: Sequence[MLPHooks], cache: PairedCache, n_rows: int = 256
+) -> None:
+    """:func:`check_hook_pairs` on a cache: every block's own MLP applied to cached inputs must
+    reproduce the cached outputs (to bfloat16's precision for a bfloat16 or autocast cache)."""
+    loose = cache.dtype == "bfloat16" or cache.manifest.get("autocast_lm", False)
+    for pair in pairs:
+        rows = as_tensor(cache.rows(pair.layer)[:n_rows], cache.dtype).float()
+        device = next(iter(model.parameters())).device
+        check_mlp_pair(
+            model,
+            pair,
+            rows[:, : pair.d_in].to(device),
+            rows[:, pair.d_in :].to(device),
+            rtol=5e-2 if loose else 1e-3,
+        )
+
+
+def paired_data(
+    model: HookedRootModule,
+    cfg: LanguageModelSAERunnerConfig[Any],
+    pairs: Sequence[MLPHooks],
+    dataset: Any,
+    cache: PairedCache | None,
+) -> PairedActivationsStore | CachedPairedActivations:
+    """The training batches: from the cache when there is one, else from the model."""
+    if cache is None:
+        return PairedActivationsStore.from_runner_config(
+            model, cfg, list(pairs), override_dataset=dataset
+        )
+    epochs = cfg.training_tokens / cache.n_tokens
+    logger.info(f"training from {cache.path}: {cache.n_tokens} tokens, {epochs:.2f} epochs")
+    return CachedPairedActivations(
+        cache, [p.layer for p in pairs], cfg.train_batch_size_tokens, cfg.seed, cfg.device
+    )
+
+
 def set_layer_metadata(
     sae: TrainingSAE[Any], cfg: LanguageModelSAERunnerConfig[Any], hooks: MLPHooks
 ) -> None:
@@ -298,8 +334,10 @@ def evaluation_tokens(
 ) -> Tensor:
     """A fixed set of sequences for eval steps and the hook check, read by a store of its own
     so that evaluating never moves the training stream."""
+    streaming_cfg = copy.copy(cfg)  # a paired cache is not SAELens's: read text, not a cache
+    streaming_cfg.use_cached_activations = False
     with store_notices_silenced(is_bundled_corpus(cfg.dataset_path)):
-        store = ActivationsStore.from_config(model, cfg, override_dataset=dataset)
+        store = ActivationsStore.from_config(model, streaming_cfg, override_dataset=dataset)
     batch = cfg.eval_batch_size_prompts or cfg.store_batch_size_prompts
     return torch.cat([store.get_batch_tokens(batch) for _ in range(cfg.n_eval_batches)])
 
@@ -324,7 +362,7 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
     :mod:`mxd_saelens.sae_lens_internals`).
     """
 
-    activations_store: PairedActivationsStore
+    activations_store: PairedActivationsStore | CachedPairedActivations  # type: ignore[assignment]
     hooks: MLPHooks
 
     def __init__(
@@ -337,6 +375,8 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
         check_mlp_hooks: bool | None = None,
     ):
         check_runner_config(cfg)
+        # a cache for another model, block, width or dtype is refused before the model loads
+        cache = open_cache_for(cfg, hook_name_out) if uses_cache(cfg) else None
         if cfg.resume_from_checkpoint is not None:
             check_checkpoint_folder(cfg.resume_from_checkpoint)
         self.cfg = cfg
@@ -358,10 +398,13 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
         _check_widths(cfg.sae, self.hooks)
         eval_tokens = evaluation_tokens(self.model, cfg, override_dataset)
         if wants_hook_check(cfg, check_mlp_hooks):
-            check_hook_pairs(self.model, [self.hooks], eval_tokens[:4], cfg.autocast_lm)
+            if cache is not None:
+                check_cached_pairs(self.model, [self.hooks], cache)
+            else:
+                check_hook_pairs(self.model, [self.hooks], eval_tokens[:4], cfg.autocast_lm)
         self._compile_llm_if_needed()
-        self.activations_store = PairedActivationsStore.from_runner_config(
-            self.model, cfg, self.hooks, override_dataset=override_dataset
+        self.activations_store = paired_data(  # type: ignore[assignment]
+            self.model, cfg, [self.hooks], override_dataset, cache
         )
         self.sae = (
             override_sae.to(cfg.device) if override_sae is not None else build_training_layer(cfg)

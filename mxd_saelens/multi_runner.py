@@ -14,7 +14,8 @@ other field describes the shared data and must agree across entries; checkpoints
 wandb logging follow the first entry. A layer's initial weights depend only on ``seed`` and its
 own config, never on the other layers, so a layer trained with others is the layer trained
 alone. Resumption is exact and Ctrl-C saves one checkpoint holding every layer, as with the
-single runner.
+single runner. With ``cached_activations_path`` (shared by all), each layer reads its own
+block of one paired activation cache, every block in the same order, as from one forward.
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ the input hook, which is wrong for a layer that predicts another hook), exact re
 Ctrl-C saving a checkpoint at a step boundary. Before any training, the model's own MLP is run on
 a few captured inputs and must reproduce the captured outputs (``check_mlp_hooks=False`` opts out
 for a pair of hooks that is meant not to be the MLP's).
+
+With ``cfg.cached_activations_path`` set, the batches come from a paired activation cache
+(:mod:`mxd_saelens.cache`) instead of the model's forward; the cache is checked against the
+layer's model, block, widths and dtype before the model loads, and the MLP check runs on cached
+rows. The model is still loaded for the splice evaluation (and an MxD's warm start).
 """
 
 from __future__ import annotations

@@ -156,6 +156,14 @@ def cache_paired_activations(
     return out
 
 
+def store_default(name: str) -> Any:
+    """SAELens's default of a runner-config field (what the capture store uses)."""
+    from sae_lens.config import LanguageModelSAERunnerConfig
+
+    (f,) = (f for f in fields(LanguageModelSAERunnerConfig) if f.name == name)
+    return f.default
+
+
 def _capture_store(
     model: HookedRootModule, pairs: list[MLPHooks], dataset: Any, cfg: CacheConfig
 ) -> PairedActivationsStore:
@@ -254,6 +262,9 @@ def _manifest(
         "prepend_bos": cfg.prepend_bos,
         "exclude_special_tokens": cfg.exclude_special_tokens,
         "disable_concat_sequences": cfg.disable_concat_sequences,
+        # SAELens's defaults, which the capture store keeps
+        "sequence_separator_token": store_default("sequence_separator_token"),
+        "seqpos_slice": list(store_default("seqpos_slice")),
         "autocast_lm": cfg.autocast_lm,
         "dataset": {
             "path": cfg.dataset_path,

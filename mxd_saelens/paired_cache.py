@@ -51,6 +51,8 @@ DATA_FIELDS = (
     "prepend_bos",
     "exclude_special_tokens",
     "disable_concat_sequences",
+    "sequence_separator_token",
+    "seqpos_slice",
 )
 
 
@@ -264,6 +266,7 @@ def check_cache_for_layer(cache: PairedCache, cfg: Any, wants: LayerWants) -> No
         )
     for name in DATA_FIELDS:
         cached, given = cache.manifest[name], getattr(cfg, name)
+        given = list(given) if isinstance(given, tuple) else given  # as JSON holds it
         if cached != given:
             raise CacheMismatch(
                 f"{where} was made with {name}={cached!r}, but the config has "

@@ -34,7 +34,12 @@ class CachedPairedActivations:
         batch_rows: int,
         seed: int,
         device: str | torch.device = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
     ):
+        """With ``world_size`` > 1, every batch of ``batch_rows`` is split in ``world_size``
+        consecutive shares and this iterator serves share ``rank``: together the ranks read
+        exactly the batches one process would."""
         if cache.n_tokens < batch_rows:
             raise ValueError(
                 f"the activation cache {cache.path} holds {cache.n_tokens} tokens, fewer than "
@@ -48,8 +53,9 @@ class CachedPairedActivations:
         self.batch_rows = batch_rows
         self.seed = seed
         self.device = torch.device(device)
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
-        self.position = 0  # rows of this epoch already served
+        self.position = 0  # rows of this epoch already served, by all ranks together
         self._order: np.ndarray | None = None
 
     @property
@@ -75,13 +81,19 @@ class CachedPairedActivations:
             if self.position == self.n_tokens:
                 self.epoch, self.position, self._order = self.epoch + 1, 0, None
         index = np.concatenate(parts)
+        share = self.batch_rows // self.world_size
+        index = index[self.rank * share : (self.rank + 1) * share]
         rows = [as_tensor(file[index], self.cache.dtype) for file in self.files]
         return torch.cat(rows, dim=1).to(self.device)
 
     # --- checkpoints: the epoch and the position in it --------------------------------------
 
     def save_to_checkpoint(self, checkpoint_path: str | Path) -> None:
-        state = {"epoch": torch.tensor(self.epoch), "position": torch.tensor(self.position)}
+        state = {
+            "epoch": torch.tensor(self.epoch),
+            "position": torch.tensor(self.position),
+            "world_size": torch.tensor(self.world_size),
+        }
         save_file(
             state,
             str(Path(checkpoint_path) / CACHE_STATE_FILENAME),
@@ -104,5 +116,12 @@ class CachedPairedActivations:
                 "resume with the cache it was trained from."
             )
         state = load_file(str(path))
+        saved_world = int(state.get("world_size", torch.tensor(1)))
+        if saved_world != self.world_size:
+            raise ValueError(
+                f"the checkpoint {checkpoint_path} was written by {saved_world} process(es); "
+                f"resume it with the same number (torchrun --nproc_per_node {saved_world}), not "
+                f"{self.world_size}."
+            )
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._order = None

@@ -236,9 +236,21 @@ def train(args: Sequence[str]) -> None:
     from mxd_saelens.runner import PairedTrainingRunner
 
     cfg, hook_name_out, check_mlp_hooks = parse_train_args(args)
-    print(f"replacing {cfg.model_name}'s MLP: {cfg.hook_name} → {hook_name_out}", file=sys.stderr)
-    PairedTrainingRunner(cfg, hook_name_out=hook_name_out, check_mlp_hooks=check_mlp_hooks).run()
-    if cfg.output_path:
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks
+    if main_process:
+        print(
+            f"replacing {cfg.model_name}'s MLP: {cfg.hook_name} → {hook_name_out}", file=sys.stderr
+        )
+    try:
+        PairedTrainingRunner(
+            cfg, hook_name_out=hook_name_out, check_mlp_hooks=check_mlp_hooks
+        ).run()
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if cfg.output_path and main_process:
         print(f"saved to {cfg.output_path}")
 
 

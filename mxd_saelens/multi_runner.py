@@ -37,6 +37,7 @@ from torch import Tensor
 from transformer_lens.hook_points import HookedRootModule
 
 from mxd_saelens.activations import pair_columns
+from mxd_saelens.distributed import Distributed
 from mxd_saelens.evaluation import evaluate_layers, flatten_metrics
 from mxd_saelens.hooks import MLPHooks, resolve_mlp_hooks
 from mxd_saelens.paired_cache import open_cache_for, uses_cache
@@ -280,6 +281,11 @@ class MultiPairedTrainingRunner:
                     "'none', or train the layer with PairedTrainingRunner."
                 )
         check_shared_fields(self.cfgs)
+        if Distributed.from_environment().enabled:
+            raise ValueError(
+                "MultiPairedTrainingRunner runs in one process; under torchrun, train one "
+                "layer per run with PairedTrainingRunner (mxd-saelens train)."
+            )
         outs = hook_names_out or {}
         # each layer reads its own block of the cache; any mismatch is refused before the
         # model loads

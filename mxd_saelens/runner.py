@@ -19,8 +19,10 @@ rows. The model is still loaded for the splice evaluation (and an MxD's warm sta
 from __future__ import annotations
 
 import copy
+import dataclasses
 import pickle
 import signal
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,6 +48,7 @@ from mxd_saelens.activations import (
     store_notices_silenced,
 )
 from mxd_saelens.cached_store import CachedPairedActivations
+from mxd_saelens.distributed import Distributed, check_distributed_config
 from mxd_saelens.evaluation import evaluate_splice, flatten_metrics
 from mxd_saelens.hooks import MLPHooks, check_mlp_pair, resolve_mlp_hooks
 from mxd_saelens.paired_cache import PairedCache, as_tensor, open_cache_for, uses_cache
@@ -245,6 +248,7 @@ def paired_data(
     pairs: Sequence[MLPHooks],
     dataset: Any,
     cache: PairedCache | None,
+    distributed: Distributed | None = None,
 ) -> PairedActivationsStore | CachedPairedActivations:
     """The training batches: from the cache when there is one, else from the model."""
     if cache is None:
@@ -253,8 +257,15 @@ def paired_data(
         )
     epochs = cfg.training_tokens / cache.n_tokens
     logger.info(f"training from {cache.path}: {cache.n_tokens} tokens, {epochs:.2f} epochs")
+    distributed = distributed or Distributed()
     return CachedPairedActivations(
-        cache, [p.layer for p in pairs], cfg.train_batch_size_tokens, cfg.seed, cfg.device
+        cache,
+        [p.layer for p in pairs],
+        cfg.train_batch_size_tokens,
+        cfg.seed,
+        cfg.device,
+        rank=distributed.rank,
+        world_size=distributed.world_size,
     )
 
 
@@ -323,15 +334,22 @@ def warm_start_from_model(
 
 
 @torch.no_grad()
-def initial_output_bias(targets: Iterator[Tensor], d_out: int, n_batches: int) -> Tensor:
-    """The mean target over ``n_batches`` batches of ``[batch, d_out]`` targets."""
-    total = torch.zeros(d_out, dtype=torch.float64)
-    count = 0
+def initial_output_bias(
+    targets: Iterator[Tensor],
+    d_out: int,
+    n_batches: int,
+    distributed: Distributed | None = None,
+) -> Tensor:
+    """The mean target over ``n_batches`` batches of ``[batch, d_out]`` targets (over every
+    rank's share of them, in a data-parallel run)."""
+    total = torch.zeros(d_out + 1, dtype=torch.float64)  # Σ targets, and the count
     for _ in range(n_batches):
         batch = next(targets)
-        total += batch.double().sum(0).cpu()
-        count += batch.shape[0]
-    return (total / count).float()
+        total[:d_out] += batch.double().sum(0).cpu()
+        total[d_out] += batch.shape[0]
+    if distributed is not None:
+        distributed.sum_(total)
+    return (total[:d_out] / total[d_out]).float()
 
 
 def evaluation_tokens(
@@ -382,6 +400,8 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
         check_runner_config(cfg)
         # a cache for another model, block, width or dtype is refused before the model loads
         cache = open_cache_for(cfg, hook_name_out) if uses_cache(cfg) else None
+        self.distributed = Distributed.from_environment(cfg.device)
+        check_distributed_config(cfg, self.distributed)
         if cfg.resume_from_checkpoint is not None:
             check_checkpoint_folder(cfg.resume_from_checkpoint)
         self.cfg = cfg
@@ -409,7 +429,7 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
                 check_hook_pairs(self.model, [self.hooks], eval_tokens[:4], cfg.autocast_lm)
         self._compile_llm_if_needed()
         self.activations_store = paired_data(  # type: ignore[assignment]
-            self.model, cfg, [self.hooks], override_dataset, cache
+            self.model, cfg, [self.hooks], override_dataset, cache, self.distributed
         )
         self.sae = (
             override_sae.to(cfg.device) if override_sae is not None else build_training_layer(cfg)
@@ -439,21 +459,29 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
             return
         targets = (trainer.activation_scaler(batch)[:, self.hooks.d_in :] for batch in store)
         n_batches = max(1, min(8, self.cfg.n_batches_for_norm_estimate))
-        initialize(initial_output_bias(targets, self.hooks.d_out, n_batches))
+        initialize(initial_output_bias(targets, self.hooks.d_out, n_batches, self.distributed))
         if getattr(self.sae.cfg, "init", "paper") != "paper":  # draws a batch only when needed
             sample = next(store)[:, : self.hooks.d_in]
             warm_start_from_model(self.sae, self.model, self.hooks, sample, self.cfg.seed)
 
     def run(self) -> TrainingSAE[Any]:
         self._set_sae_metadata()
-        if self.cfg.logger.log_to_wandb:
+        main = self.distributed.is_main  # the one process that logs, evaluates and writes
+        log_to_wandb = self.cfg.logger.log_to_wandb and main
+        if log_to_wandb:
             start_wandb_run(self.cfg.logger, self.cfg.to_dict())
+        trainer_cfg = self.cfg.to_sae_trainer_config()
+        if not main:
+            trainer_cfg = dataclasses.replace(
+                trainer_cfg, logger=dataclasses.replace(trainer_cfg.logger, log_to_wandb=False)
+            )
         trainer = PairedSAETrainer(
-            cfg=self.cfg.to_sae_trainer_config(),
+            cfg=trainer_cfg,
             sae=self.sae,
             data_provider=self.activations_store,
             evaluator=self.evaluator,  # type: ignore[arg-type]
             save_checkpoint_fn=self.save_checkpoint,
+            distributed=self.distributed,
         )
         if self.cfg.resume_from_checkpoint is not None:
             logger.info(f"Resuming from checkpoint: {self.cfg.resume_from_checkpoint}")
@@ -465,25 +493,34 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
             self._initialize_from_data(trainer)
         self._compile_sae_if_needed()
         try:
-            with _stop_on_signals(trainer):
+            with _stop_on_signals(trainer, same_signal_s=2.0 if self.distributed.enabled else 0):
                 sae = trainer.fit()
             # the final save logs a wandb artifact, so it runs before the run is finished
-            if self.cfg.output_path is not None:
+            if self.cfg.output_path is not None and main:
                 self.save_final_sae(sae, self.cfg.output_path, trainer.log_feature_sparsity)
+            self.distributed.barrier()
         finally:
-            if self.cfg.logger.log_to_wandb:
+            if log_to_wandb:
                 wandb.finish()
         return sae
 
 
 @contextmanager
-def _stop_on_signals(trainer: PairedSAETrainer) -> Iterator[None]:
-    """First Ctrl-C / SIGTERM: finish the step, save a checkpoint, stop. Second: stop now."""
+def _stop_on_signals(trainer: PairedSAETrainer, same_signal_s: float = 0.0) -> Iterator[None]:
+    """First Ctrl-C / SIGTERM: finish the step, save a checkpoint, stop. Second: stop now.
+
+    A second signal within ``same_signal_s`` seconds of the first counts as the same request:
+    under torchrun one Ctrl-C reaches a worker twice (from the terminal, and forwarded by
+    torchrun)."""
+    first: list[float] = []
 
     def request_stop(signum: int, frame: Any) -> None:
         if trainer.stop_requested:
+            if time.monotonic() - first[0] <= same_signal_s:
+                return
             raise KeyboardInterrupt
         logger.warning("stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
+        first.append(time.monotonic())
         trainer.stop_requested = True
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}

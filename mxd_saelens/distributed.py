@@ -48,10 +48,18 @@ class Distributed:
             dist.init_process_group(backend=backend)
         return cls(rank=dist.get_rank(), world_size=dist.get_world_size())
 
+    def _reduce(self, tensor: Tensor, op: Any) -> None:
+        if dist.get_backend() == "nccl" and tensor.device.type != "cuda":  # NCCL: CUDA only
+            on_device = tensor.cuda()
+            dist.all_reduce(on_device, op=op)
+            tensor.copy_(on_device)
+        else:
+            dist.all_reduce(tensor, op=op)
+
     def sum_(self, tensor: Tensor) -> Tensor:
         """``tensor`` summed over ranks, in place."""
         if self.enabled:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            self._reduce(tensor, dist.ReduceOp.SUM)
         return tensor
 
     def any(self, flag: bool) -> bool:
@@ -59,8 +67,16 @@ class Distributed:
         if not self.enabled:
             return flag
         value = torch.tensor([int(flag)])
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        self._reduce(value, dist.ReduceOp.MAX)
         return bool(value.item())
+
+    @torch.no_grad()
+    def copy_from_main_(self, module: nn.Module) -> None:
+        """Give every rank rank 0's parameters (after an initialisation from each rank's own
+        share of the data, such as a warm start)."""
+        if self.enabled:
+            for param in module.parameters():
+                dist.broadcast(param.data, src=0)
 
     def barrier(self) -> None:
         if self.enabled:

@@ -491,6 +491,7 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
             self.activations_store.load_from_checkpoint(self.cfg.resume_from_checkpoint)
         else:
             self._initialize_from_data(trainer)
+            self.distributed.copy_from_main_(self.sae)
         self._compile_sae_if_needed()
         try:
             with _stop_on_signals(trainer, same_signal_s=2.0 if self.distributed.enabled else 0):

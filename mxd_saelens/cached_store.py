@@ -64,7 +64,8 @@ class CachedPairedActivations:
 
     def order(self, epoch: int) -> np.ndarray:
         """The permutation of the cache's rows that epoch ``epoch`` serves."""
-        return np.random.default_rng([self.seed, epoch]).permutation(self.n_tokens)
+        seed = self.seed % 2**64  # numpy's seeds are non-negative; torch's may not be
+        return np.random.default_rng([seed, epoch]).permutation(self.n_tokens)
 
     def __iter__(self) -> CachedPairedActivations:
         return self

@@ -136,6 +136,7 @@ class PairedActivationsStore(ActivationsStore):
     min_shuffle_tokens: int = MIN_SHUFFLE_TOKENS
     n_sequences_served: int
     shuffle_seed: int
+    token_hash: Any = None  # a hashlib object fed every token sequence served, when set
     _buffer: ShuffleBuffer | None
 
     @classmethod
@@ -148,8 +149,9 @@ class PairedActivationsStore(ActivationsStore):
     ) -> PairedActivationsStore:
         if cfg.use_cached_activations:
             raise ValueError(
-                "cached activations hold a single hook; paired training needs the MLP's input "
-                "and output from the same forward. Set use_cached_activations=False."
+                "PairedActivationsStore runs the model; a paired cache is read by "
+                "mxd_saelens.cached_store.CachedPairedActivations, which the runners use when "
+                "cached_activations_path is set."
             )
         pairs = [hooks] if isinstance(hooks, MLPHooks) else list(hooks)
         if not pairs:
@@ -157,14 +159,60 @@ class PairedActivationsStore(ActivationsStore):
         with store_notices_silenced(is_bundled_corpus(cfg.dataset_path)):
             store = cls.from_config(model, cfg, override_dataset=override_dataset)
         assert isinstance(store, PairedActivationsStore)
-        store.pairs = pairs
-        store.hooks = pairs[0]
-        store.hook_name = pairs[0].hook_in
-        store.d_in = sum(p.d_in + p.d_out for p in pairs)  # the packed width
-        store.n_sequences_served = 0
-        store.shuffle_seed = cfg.seed
-        store._buffer = None
+        store._attach_pairs(pairs, cfg.seed)
         return store
+
+    @classmethod
+    def for_caching(
+        cls,
+        model: HookedRootModule,
+        pairs: Sequence[MLPHooks],
+        dataset: Any,
+        n_tokens: int,
+        context_size: int,
+        store_batch_size_prompts: int,
+        prepend_bos: bool,
+        exclude_special_tokens: torch.Tensor | None,
+        disable_concat_sequences: bool,
+        streaming: bool,
+        autocast_lm: bool,
+        quiet: bool,
+    ) -> PairedActivationsStore:
+        """A store that only captures (no training batches, no shuffling): what
+        :mod:`mxd_saelens.cache` writes to disk, in float32 on the CPU."""
+        with store_notices_silenced(quiet):
+            store = cls(
+                model=model,
+                dataset=dataset,
+                streaming=streaming,
+                hook_name=pairs[0].hook_in,
+                hook_head_index=None,
+                context_size=context_size,
+                d_in=pairs[0].d_in,
+                n_batches_in_buffer=1,
+                total_training_tokens=n_tokens,
+                store_batch_size_prompts=store_batch_size_prompts,
+                train_batch_size_tokens=-1,
+                prepend_bos=prepend_bos,
+                normalize_activations="none",
+                device=torch.device("cpu"),
+                dtype="float32",
+                autocast_lm=autocast_lm,
+                exclude_special_tokens=exclude_special_tokens,
+                disable_concat_sequences=disable_concat_sequences,
+            )
+        store._attach_pairs(list(pairs), seed=0)
+        return store
+
+    def _attach_pairs(self, pairs: list[MLPHooks], seed: int) -> None:
+        self.pairs = pairs
+        self.hooks = pairs[0]
+        self.hook_name = pairs[0].hook_in
+        self.d_in = sum(p.d_in + p.d_out for p in pairs)  # the packed width
+        self.n_sequences_served = 0
+        self.shuffle_seed = seed
+        self.token_hash = None
+        self._buffer = None
 
     @torch.no_grad()
     def get_paired_activations(
@@ -207,6 +255,8 @@ class PairedActivationsStore(ActivationsStore):
     ) -> torch.Tensor:
         tokens = super().get_batch_tokens(batch_size, raise_at_epoch_end, move_to_model_device)
         self.n_sequences_served += tokens.shape[0]
+        if self.token_hash is not None:
+            self.token_hash.update(tokens.to("cpu", torch.int64).numpy().tobytes())
         return tokens
 
     def get_data_loader(self) -> ShuffleBuffer:  # type: ignore[override]

@@ -218,7 +218,9 @@ def parse_train_args(
     fields = _layer_fields(options, given, help_only=_wants_help(args))
     parser = _train_parser(options.architecture, fields, given)
     cfg = parser.parse_args(args).cfg
-    if not cfg.dataset_path:  # SAELens would find out only after loading the model
+    if cfg.cached_activations_path is not None and "dataset_path" not in given:
+        cfg.dataset_path = ""  # the cache's, which the runner reads from its manifest
+    elif not cfg.dataset_path:  # SAELens would find out only after loading the model
         raise UserError(f"say what to train on: --dataset_path (no default for {cfg.model_name})")
     return cfg, options.hook_name_out or fields.get("hook_name_out"), options.check_mlp_hooks
 
@@ -234,9 +236,21 @@ def train(args: Sequence[str]) -> None:
     from mxd_saelens.runner import PairedTrainingRunner
 
     cfg, hook_name_out, check_mlp_hooks = parse_train_args(args)
-    print(f"replacing {cfg.model_name}'s MLP: {cfg.hook_name} → {hook_name_out}", file=sys.stderr)
-    PairedTrainingRunner(cfg, hook_name_out=hook_name_out, check_mlp_hooks=check_mlp_hooks).run()
-    if cfg.output_path:
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks
+    if main_process:
+        print(
+            f"replacing {cfg.model_name}'s MLP: {cfg.hook_name} → {hook_name_out}", file=sys.stderr
+        )
+    try:
+        PairedTrainingRunner(
+            cfg, hook_name_out=hook_name_out, check_mlp_hooks=check_mlp_hooks
+        ).run()
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if cfg.output_path and main_process:
         print(f"saved to {cfg.output_path}")
 
 
@@ -302,6 +316,23 @@ def evaluate(args: Sequence[str]) -> None:
     print(f"wrote {json_path} and {html_path}")
 
 
+CACHE_DESCRIPTION = (
+    "Run the model once over --training_tokens tokens and write each block's MLP input and "
+    "output to disk, for training layers with --cached_activations_path (a sweep without a "
+    "model forward per layer)."
+)
+
+
+def cache(args: Sequence[str]) -> None:
+    from mxd_saelens.cache import CacheConfig, cache_paired_activations
+
+    cfg = parse_options(CacheConfig, args, "mxd-saelens cache", CACHE_DESCRIPTION)
+    if not cfg.dataset_path:
+        raise UserError(f"say what to run the model on: --dataset_path (none for {cfg.model_name})")
+    out = cache_paired_activations(cfg)
+    print(f"cached {cfg.training_tokens} tokens of blocks {cfg.layers} to {out}")
+
+
 def demo(args: Sequence[str]) -> None:
     from mxd_saelens.demo import DemoOptions, run_demo
 
@@ -333,6 +364,7 @@ def dashboard(args: Sequence[str]) -> None:
 COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], None]]] = {
     "demo": ("train, splice and compare an MxD and matched transcoders on the bundled model", demo),
     "train": ("train one layer that replaces a model's MLP, through SAELens's runner", train),
+    "cache": ("run the model once and store its MLPs' inputs and outputs for training", cache),
     "eval": ("splice saved layers into their model and compare their next-token loss", evaluate),
     "probe": ("sparse probing of saved layers' codes (and the MLP's neurons)", probe),
     "steer": ("steer generation with one expert or latent of a saved layer", steer),
@@ -346,6 +378,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,  # config validation (SAELens's and this package's), MLPHookMismatch
     MLPHookMismatch,
     FileNotFoundError,
+    FileExistsError,
     NotADirectoryError,
     ZooFileError,
 )

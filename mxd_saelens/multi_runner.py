@@ -14,7 +14,8 @@ other field describes the shared data and must agree across entries; checkpoints
 wandb logging follow the first entry. A layer's initial weights depend only on ``seed`` and its
 own config, never on the other layers, so a layer trained with others is the layer trained
 alone. Resumption is exact and Ctrl-C saves one checkpoint holding every layer, as with the
-single runner.
+single runner. With ``cached_activations_path`` (shared by all), each layer reads its own
+block of one paired activation cache, every block in the same order, as from one forward.
 """
 
 from __future__ import annotations
@@ -35,20 +36,24 @@ from safetensors.torch import save_file
 from torch import Tensor
 from transformer_lens.hook_points import HookedRootModule
 
-from mxd_saelens.activations import PairedActivationsStore, pair_columns
+from mxd_saelens.activations import pair_columns
+from mxd_saelens.distributed import Distributed
 from mxd_saelens.evaluation import evaluate_layers, flatten_metrics
 from mxd_saelens.hooks import MLPHooks, resolve_mlp_hooks
+from mxd_saelens.paired_cache import open_cache_for, uses_cache
 from mxd_saelens.runner import (
     _check_widths,
     _stop_on_signals,
     build_training_layer,
     check_against_model,
+    check_cached_pairs,
     check_checkpoint_folder,
     check_hook_pairs,
     check_runner_config,
     checkpoint_loading,
     evaluation_tokens,
     initial_output_bias,
+    paired_data,
     set_layer_metadata,
     start_wandb_run,
     wants_hook_check,
@@ -111,7 +116,7 @@ def check_shared_fields(cfgs: Mapping[str, LanguageModelSAERunnerConfig[Any]]) -
 class PairSplitter:
     """Serves each layer its ``[x ‖ y]`` columns of the store's packed rows."""
 
-    def __init__(self, store: PairedActivationsStore, columns: Mapping[str, slice]):
+    def __init__(self, store: Iterator[Tensor], columns: Mapping[str, slice]):
         self.store = store
         self.columns = dict(columns)
 
@@ -276,6 +281,21 @@ class MultiPairedTrainingRunner:
                     "'none', or train the layer with PairedTrainingRunner."
                 )
         check_shared_fields(self.cfgs)
+        if Distributed.from_environment().enabled:
+            raise ValueError(
+                "MultiPairedTrainingRunner runs in one process; under torchrun, train one "
+                "layer per run with PairedTrainingRunner (mxd-saelens train)."
+            )
+        outs = hook_names_out or {}
+        # each layer reads its own block of the cache; any mismatch is refused before the
+        # model loads
+        cache = None
+        if uses_cache(self.cfg):
+            for name, cfg in self.cfgs.items():
+                try:
+                    cache = open_cache_for(cfg, outs.get(name))
+                except ValueError as error:
+                    raise type(error)(f"layer {name!r}: {error}") from None
         if self.cfg.resume_from_checkpoint is not None:
             check_checkpoint_folder(self.cfg.resume_from_checkpoint)
         self.model = override_model or load_language_model(
@@ -287,7 +307,6 @@ class MultiPairedTrainingRunner:
         check_against_model(self.model, self.cfg)
         if override_dataset is None:
             override_dataset = load_dataset_source(self.cfg.dataset_path)
-        outs = hook_names_out or {}
         self.hooks = {
             name: resolve_mlp_hooks(
                 self.model,
@@ -306,13 +325,13 @@ class MultiPairedTrainingRunner:
         checked = [
             self.hooks[n] for n, c in self.cfgs.items() if wants_hook_check(c, check_mlp_hooks)
         ]
-        if checked:
+        if checked and cache is not None:
+            check_cached_pairs(self.model, list(dict.fromkeys(checked)), cache)
+        elif checked:
             check_hook_pairs(
                 self.model, list(dict.fromkeys(checked)), eval_tokens[:4], self.cfg.autocast_lm
             )
-        self.activations_store = PairedActivationsStore.from_runner_config(
-            self.model, self.cfg, pairs, override_dataset=override_dataset
-        )
+        self.activations_store = paired_data(self.model, self.cfg, pairs, override_dataset, cache)
         self.saes = {name: build_training_layer(cfg) for name, cfg in self.cfgs.items()}
         self.evaluator = MultiSpliceEvaluator(
             model=self.model,

@@ -9,12 +9,20 @@ the input hook, which is wrong for a layer that predicts another hook), exact re
 Ctrl-C saving a checkpoint at a step boundary. Before any training, the model's own MLP is run on
 a few captured inputs and must reproduce the captured outputs (``check_mlp_hooks=False`` opts out
 for a pair of hooks that is meant not to be the MLP's).
+
+With ``cfg.cached_activations_path`` set, the batches come from a paired activation cache
+(:mod:`mxd_saelens.cache`) instead of the model's forward; the cache is checked against the
+layer's model, block, widths and dtype before the model loads, and the MLP check runs on cached
+rows. The model is still loaded for the splice evaluation (and an MxD's warm start).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import pickle
 import signal
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,8 +47,11 @@ from mxd_saelens.activations import (
     is_bundled_corpus,
     store_notices_silenced,
 )
+from mxd_saelens.cached_store import CachedPairedActivations
+from mxd_saelens.distributed import Distributed, check_distributed_config
 from mxd_saelens.evaluation import evaluate_splice, flatten_metrics
 from mxd_saelens.hooks import MLPHooks, check_mlp_pair, resolve_mlp_hooks
+from mxd_saelens.paired_cache import PairedCache, as_tensor, open_cache_for, uses_cache
 from mxd_saelens.sources import load_dataset_source, load_language_model
 from mxd_saelens.splice import SplicedLayer
 from mxd_saelens.trainer import PairedSAETrainer
@@ -108,11 +119,6 @@ def check_runner_config(cfg: LanguageModelSAERunnerConfig[Any]) -> None:
         raise ValueError(
             f"init={init!r} copies the MLP's weights, which read unscaled activations: use "
             "normalize_activations='none' with it."
-        )
-    if cfg.use_cached_activations:
-        raise ValueError(
-            "cached activations hold a single hook; paired training needs the MLP's input "
-            "and output from the same forward. Set use_cached_activations=False."
         )
     _check_numbers(cfg)
     for field, dtype in (("dtype", cfg.dtype), ("sae.dtype", cfg.sae.dtype)):
@@ -217,6 +223,52 @@ def check_hook_pairs(
         )
 
 
+@torch.no_grad()
+def check_cached_pairs(
+    model: HookedRootModule, pairs: Sequence[MLPHooks], cache: PairedCache, n_rows: int = 256
+) -> None:
+    """:func:`check_hook_pairs` on a cache: every block's own MLP applied to cached inputs must
+    reproduce the cached outputs (to bfloat16's precision for a bfloat16 or autocast cache)."""
+    loose = cache.dtype == "bfloat16" or cache.manifest.get("autocast_lm", False)
+    for pair in pairs:
+        rows = as_tensor(cache.rows(pair.layer)[:n_rows], cache.dtype).float()
+        device = next(iter(model.parameters())).device
+        check_mlp_pair(
+            model,
+            pair,
+            rows[:, : pair.d_in].to(device),
+            rows[:, pair.d_in :].to(device),
+            rtol=5e-2 if loose else 1e-3,
+        )
+
+
+def paired_data(
+    model: HookedRootModule,
+    cfg: LanguageModelSAERunnerConfig[Any],
+    pairs: Sequence[MLPHooks],
+    dataset: Any,
+    cache: PairedCache | None,
+    distributed: Distributed | None = None,
+) -> PairedActivationsStore | CachedPairedActivations:
+    """The training batches: from the cache when there is one, else from the model."""
+    if cache is None:
+        return PairedActivationsStore.from_runner_config(
+            model, cfg, list(pairs), override_dataset=dataset
+        )
+    epochs = cfg.training_tokens / cache.n_tokens
+    logger.info(f"training from {cache.path}: {cache.n_tokens} tokens, {epochs:.2f} epochs")
+    distributed = distributed or Distributed()
+    return CachedPairedActivations(
+        cache,
+        [p.layer for p in pairs],
+        cfg.train_batch_size_tokens,
+        cfg.seed,
+        cfg.device,
+        rank=distributed.rank,
+        world_size=distributed.world_size,
+    )
+
+
 def set_layer_metadata(
     sae: TrainingSAE[Any], cfg: LanguageModelSAERunnerConfig[Any], hooks: MLPHooks
 ) -> None:
@@ -282,15 +334,22 @@ def warm_start_from_model(
 
 
 @torch.no_grad()
-def initial_output_bias(targets: Iterator[Tensor], d_out: int, n_batches: int) -> Tensor:
-    """The mean target over ``n_batches`` batches of ``[batch, d_out]`` targets."""
-    total = torch.zeros(d_out, dtype=torch.float64)
-    count = 0
+def initial_output_bias(
+    targets: Iterator[Tensor],
+    d_out: int,
+    n_batches: int,
+    distributed: Distributed | None = None,
+) -> Tensor:
+    """The mean target over ``n_batches`` batches of ``[batch, d_out]`` targets (over every
+    rank's share of them, in a data-parallel run)."""
+    total = torch.zeros(d_out + 1, dtype=torch.float64)  # Σ targets, and the count
     for _ in range(n_batches):
         batch = next(targets)
-        total += batch.double().sum(0).cpu()
-        count += batch.shape[0]
-    return (total / count).float()
+        total[:d_out] += batch.double().sum(0).cpu()
+        total[d_out] += batch.shape[0]
+    if distributed is not None:
+        distributed.sum_(total)
+    return (total[:d_out] / total[d_out]).float()
 
 
 def evaluation_tokens(
@@ -298,8 +357,10 @@ def evaluation_tokens(
 ) -> Tensor:
     """A fixed set of sequences for eval steps and the hook check, read by a store of its own
     so that evaluating never moves the training stream."""
+    streaming_cfg = copy.copy(cfg)  # a paired cache is not SAELens's: read text, not a cache
+    streaming_cfg.use_cached_activations = False
     with store_notices_silenced(is_bundled_corpus(cfg.dataset_path)):
-        store = ActivationsStore.from_config(model, cfg, override_dataset=dataset)
+        store = ActivationsStore.from_config(model, streaming_cfg, override_dataset=dataset)
     batch = cfg.eval_batch_size_prompts or cfg.store_batch_size_prompts
     return torch.cat([store.get_batch_tokens(batch) for _ in range(cfg.n_eval_batches)])
 
@@ -324,7 +385,7 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
     :mod:`mxd_saelens.sae_lens_internals`).
     """
 
-    activations_store: PairedActivationsStore
+    activations_store: PairedActivationsStore | CachedPairedActivations  # type: ignore[assignment]
     hooks: MLPHooks
 
     def __init__(
@@ -337,6 +398,10 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
         check_mlp_hooks: bool | None = None,
     ):
         check_runner_config(cfg)
+        # a cache for another model, block, width or dtype is refused before the model loads
+        cache = open_cache_for(cfg, hook_name_out) if uses_cache(cfg) else None
+        self.distributed = Distributed.from_environment(cfg.device)
+        check_distributed_config(cfg, self.distributed)
         if cfg.resume_from_checkpoint is not None:
             check_checkpoint_folder(cfg.resume_from_checkpoint)
         self.cfg = cfg
@@ -358,10 +423,13 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
         _check_widths(cfg.sae, self.hooks)
         eval_tokens = evaluation_tokens(self.model, cfg, override_dataset)
         if wants_hook_check(cfg, check_mlp_hooks):
-            check_hook_pairs(self.model, [self.hooks], eval_tokens[:4], cfg.autocast_lm)
+            if cache is not None:
+                check_cached_pairs(self.model, [self.hooks], cache)
+            else:
+                check_hook_pairs(self.model, [self.hooks], eval_tokens[:4], cfg.autocast_lm)
         self._compile_llm_if_needed()
-        self.activations_store = PairedActivationsStore.from_runner_config(
-            self.model, cfg, self.hooks, override_dataset=override_dataset
+        self.activations_store = paired_data(  # type: ignore[assignment]
+            self.model, cfg, [self.hooks], override_dataset, cache, self.distributed
         )
         self.sae = (
             override_sae.to(cfg.device) if override_sae is not None else build_training_layer(cfg)
@@ -391,21 +459,29 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
             return
         targets = (trainer.activation_scaler(batch)[:, self.hooks.d_in :] for batch in store)
         n_batches = max(1, min(8, self.cfg.n_batches_for_norm_estimate))
-        initialize(initial_output_bias(targets, self.hooks.d_out, n_batches))
+        initialize(initial_output_bias(targets, self.hooks.d_out, n_batches, self.distributed))
         if getattr(self.sae.cfg, "init", "paper") != "paper":  # draws a batch only when needed
             sample = next(store)[:, : self.hooks.d_in]
             warm_start_from_model(self.sae, self.model, self.hooks, sample, self.cfg.seed)
 
     def run(self) -> TrainingSAE[Any]:
         self._set_sae_metadata()
-        if self.cfg.logger.log_to_wandb:
+        main = self.distributed.is_main  # the one process that logs, evaluates and writes
+        log_to_wandb = self.cfg.logger.log_to_wandb and main
+        if log_to_wandb:
             start_wandb_run(self.cfg.logger, self.cfg.to_dict())
+        trainer_cfg = self.cfg.to_sae_trainer_config()
+        if not main:
+            trainer_cfg = dataclasses.replace(
+                trainer_cfg, logger=dataclasses.replace(trainer_cfg.logger, log_to_wandb=False)
+            )
         trainer = PairedSAETrainer(
-            cfg=self.cfg.to_sae_trainer_config(),
+            cfg=trainer_cfg,
             sae=self.sae,
             data_provider=self.activations_store,
             evaluator=self.evaluator,  # type: ignore[arg-type]
             save_checkpoint_fn=self.save_checkpoint,
+            distributed=self.distributed,
         )
         if self.cfg.resume_from_checkpoint is not None:
             logger.info(f"Resuming from checkpoint: {self.cfg.resume_from_checkpoint}")
@@ -415,27 +491,37 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
             self.activations_store.load_from_checkpoint(self.cfg.resume_from_checkpoint)
         else:
             self._initialize_from_data(trainer)
+            self.distributed.copy_from_main_(self.sae)
         self._compile_sae_if_needed()
         try:
-            with _stop_on_signals(trainer):
+            with _stop_on_signals(trainer, same_signal_s=2.0 if self.distributed.enabled else 0):
                 sae = trainer.fit()
             # the final save logs a wandb artifact, so it runs before the run is finished
-            if self.cfg.output_path is not None:
+            if self.cfg.output_path is not None and main:
                 self.save_final_sae(sae, self.cfg.output_path, trainer.log_feature_sparsity)
+            self.distributed.barrier()
         finally:
-            if self.cfg.logger.log_to_wandb:
+            if log_to_wandb:
                 wandb.finish()
         return sae
 
 
 @contextmanager
-def _stop_on_signals(trainer: PairedSAETrainer) -> Iterator[None]:
-    """First Ctrl-C / SIGTERM: finish the step, save a checkpoint, stop. Second: stop now."""
+def _stop_on_signals(trainer: PairedSAETrainer, same_signal_s: float = 0.0) -> Iterator[None]:
+    """First Ctrl-C / SIGTERM: finish the step, save a checkpoint, stop. Second: stop now.
+
+    A second signal within ``same_signal_s`` seconds of the first counts as the same request:
+    under torchrun one Ctrl-C reaches a worker twice (from the terminal, and forwarded by
+    torchrun)."""
+    first: list[float] = []
 
     def request_stop(signum: int, frame: Any) -> None:
         if trainer.stop_requested:
+            if time.monotonic() - first[0] <= same_signal_s:
+                return
             raise KeyboardInterrupt
         logger.warning("stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
+        first.append(time.monotonic())
         trainer.stop_requested = True
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -30,6 +30,8 @@ from sae_lens.saes.sae import TrainingSAE, TrainStepInput, TrainStepOutput
 from sae_lens.training.sae_trainer import SAETrainer
 from torch import Tensor
 
+from mxd_saelens.distributed import Distributed, data_parallel
+
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped on request; ``checkpoint`` is where it can resume from (or None)."""
@@ -92,13 +94,27 @@ def _loss_text(step_output: Any) -> str:
 
 
 class PairedSAETrainer(RunEndMixin, SAETrainer[Any, Any]):
+    """``distributed``: this process's rank in a data-parallel run; each step's batch is this
+    rank's share, gradients and firing counts are summed over ranks, and only rank 0 writes
+    checkpoints (see :mod:`mxd_saelens.distributed`)."""
+
     stop_requested: bool = False
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, distributed: Distributed | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.distributed = distributed or Distributed()
+        self._forward = (
+            data_parallel(self.sae, self.distributed) if self.distributed.enabled else None
+        )
         normalize = getattr(self.sae, "normalize_experts", None)
         if normalize is not None:
             self.optimizer.register_step_post_hook(lambda *_: normalize())
+
+    def step(self, batch: Tensor) -> TrainStepOutput:
+        output = super().step(batch)
+        # samples count every rank's share, so budgets and checkpoint names are the run's
+        self.n_training_samples += batch.shape[0] * (self.distributed.world_size - 1)
+        return output
 
     def _checkpoint_if_needed(self) -> None:
         # SAETrainer.fit counts the step only after this call; count it now so that what is
@@ -106,15 +122,22 @@ class PairedSAETrainer(RunEndMixin, SAETrainer[Any, Any]):
         self.n_training_steps += 1
         try:
             super()._checkpoint_if_needed()
-            if self.stop_requested:
+            # every rank stops after the same step when any of them was asked to
+            if self.distributed.any(self.stop_requested):
                 stop_with_checkpoint(self)
         finally:
             self.n_training_steps -= 1
 
+    def save_checkpoint(self, checkpoint_name: str, *args: Any, **kwargs: Any) -> None:
+        if self.distributed.is_main:  # the ranks hold the same state: one writes it
+            super().save_checkpoint(checkpoint_name, *args, **kwargs)
+        self.distributed.barrier()
+
     def _train_step(self, sae: TrainingSAE[Any], sae_in: Tensor) -> TrainStepOutput:
         sae.train()
+        forward = self._forward or sae.training_forward_pass
         with self.autocast_if_enabled:
-            output = sae.training_forward_pass(
+            output = forward(
                 step_input=TrainStepInput(
                     sae_in=sae_in,
                     dead_neuron_mask=self.dead_neurons,
@@ -143,6 +166,7 @@ class PairedSAETrainer(RunEndMixin, SAETrainer[Any, Any]):
             counts = torch.bincount(units, minlength=feature_acts.shape[-1])
         else:
             counts = (feature_acts != 0).reshape(-1, feature_acts.shape[-1]).sum(0)
+        counts = self.distributed.sum_(counts)  # every rank's share of the batch
         self.n_forward_passes_since_fired += 1
         self.n_forward_passes_since_fired[counts > 0] = 0
         self.act_freq_scores += counts.to(self.act_freq_scores.dtype)

@@ -296,10 +296,18 @@ CASES: list[Case] = [
         "not a torch device",
     ),
     Case(
-        "cached activations (single hook)",
-        lambda ws: _train(ws, use_cached_activations=True),
+        "train from SAELens's single-hook activation cache",
+        lambda ws: _train(
+            ws, use_cached_activations=True, cached_activations_path=_saelens_cache(ws)
+        ),
         ValueError,
-        "cached activations",
+        "SAELens activation cache .* holds a single hook.*mxd-saelens cache",
+    ),
+    Case(
+        "train from an activation cache that does not exist",
+        lambda ws: _train(ws, cached_activations_path=str(ws.out("no_cache"))),
+        FileNotFoundError,
+        "no activation cache there",
     ),
     # --- resuming --------------------------------------------------------------------------------
     Case(
@@ -438,6 +446,27 @@ CASES: list[Case] = [
     Case("unknown bundled model", lambda ws: zoo.load("tiny-gelo"), ValueError, "tiny-gelu"),
     Case("NaN activations in training", _nan_codes, ValueError, "NaN|non-finite"),
 ]
+
+
+def _saelens_cache(ws: Workspace) -> str:
+    """A real SAELens activation cache of the MLP's input hook (one hook, 1,024 tokens)."""
+    from sae_lens import CacheActivationsRunner, CacheActivationsRunnerConfig
+
+    cfg = CacheActivationsRunnerConfig(
+        dataset_path="zoo",
+        model_name=MODEL,
+        model_batch_size=8,
+        hook_name=f"blocks.{LAYER}.ln2.hook_normalized",
+        d_in=D,
+        training_tokens=1024,
+        context_size=128,
+        new_cached_activations_path=str(ws.out("saelens_cache")),
+        buffer_size_gb=0.001,  # SAELens sizes its buffer by this (2 GB by default)
+        device="cpu",
+        shuffle=False,
+    )
+    CacheActivationsRunner(cfg, override_dataset=zoo.load_corpus("train")).run()
+    return str(ws.out("saelens_cache"))
 
 
 def _tiny_text_dataset():

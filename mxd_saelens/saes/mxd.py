@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -434,6 +435,16 @@ class MxDTrainingSAE(MxDModule, PairedTrainingSAE):
     def _experts_key(self) -> tuple[int, int]:
         # an in-place write (optimiser step, load_state_dict) bumps the version counter
         return id(self.W_experts), self.W_experts._version
+
+    @override
+    def load_weights_from_checkpoint(self, checkpoint_path: Path | str) -> None:
+        super().load_weights_from_checkpoint(checkpoint_path)
+        # a training checkpoint holds C as renormalised after its last step; renormalising it
+        # again would move it by rounding, and a resumed run would drift from the straight one
+        with torch.no_grad():
+            norms = self.W_experts.norm(dim=-1)
+        if bool(((norms - 1).abs() <= 1e-5).all()):
+            self._unit_experts_key = self._experts_key()
 
     def training_layer_output(self, x: Tensor) -> MxDLayerOutput:
         x = self.process_sae_in(x)

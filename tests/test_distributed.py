@@ -1,0 +1,103 @@
+"""Data-parallel training under torchrun (two CPU processes, gloo): the same layer as one
+process at twice the per-process batch, one checkpoint on Ctrl-C, and an exact resumption."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mxd_saelens.cli import main
+
+TRAIN = (
+    "train --layer 2 --n_experts 64 --k 4 --train_batch_size_tokens 1024 --n_eval_batches 1 "
+    "--eval_batch_size_prompts 2 --n_batches_for_norm_estimate 2 --log_to_wandb False "
+    "--verbose False"
+)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("dp") / "cache"
+    args = f"cache --layers 2 --training_tokens 8192 --output_path {folder} --verbose False"
+    assert main(shlex.split(args)) == 0
+    return folder
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+
+
+def torchrun(args: str, cwd: Path, **popen: object) -> subprocess.Popen:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node", "2", "-m", "mxd_saelens", *shlex.split(args)]
+    return subprocess.Popen(command, cwd=cwd, env=env(), text=True, **popen)  # type: ignore[call-overload]
+
+
+def run_to_end(args: str, cwd: Path) -> None:
+    done = torchrun(args, cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = done.communicate(timeout=600)
+    assert done.returncode == 0, out[-3000:]
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "sae_weights.safetensors")
+
+
+def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], **tolerance) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], **tolerance)
+
+
+def test_two_processes_at_half_the_batch_train_the_one_process_layer(cache, tmp_path):
+    common = f"{TRAIN} --training_tokens 8192 --cached_activations_path {cache}"
+    run_to_end(f"{common} --output_path {tmp_path / 'two'}", tmp_path)
+    one = f"{common} --output_path {tmp_path / 'one'} --checkpoint_path {tmp_path / 'ck'}"
+    assert main(shlex.split(one)) == 0
+    # the same 8 steps of 1,024 tokens: each process took 512 of every batch
+    assert_close(weights(tmp_path / "two"), weights(tmp_path / "one"), rtol=1e-4, atol=1e-6)
+
+
+def test_ctrl_c_stops_both_processes_with_one_checkpoint_and_resumes_exactly(cache, tmp_path):
+    common = f"{TRAIN} --training_tokens 409600 --cached_activations_path {cache}"
+    run_to_end(f"{common} --output_path {tmp_path / 'straight'} --checkpoint_path None", tmp_path)
+
+    log = tmp_path / "interrupted.log"
+    with open(log, "w") as out:
+        run = torchrun(
+            f"{common} --output_path {tmp_path / 'resumed'} --checkpoint_path {tmp_path / 'ck'}",
+            tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 300
+        while "Training SAE" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        os.killpg(run.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group gets SIGINT
+        run.wait(timeout=120)
+    text = log.read_text()
+    assert run.returncode != 0, text[-3000:]
+    checkpoints = [p.parent for p in (tmp_path / "ck").rglob("trainer_state.pt")]
+    assert len(checkpoints) == 1, (checkpoints, text[-3000:])
+    assert not (tmp_path / "resumed" / "cfg.json").exists()  # nothing final written
+    assert text.count("training interrupted; resume with") == 2  # both ranks stopped there
+    assert 0 < int(checkpoints[0].name) < 409600
+
+    run_to_end(f"{common} --output_path {tmp_path / 'resumed'} --checkpoint_path None "
+               f"--resume_from_checkpoint {checkpoints[0]}", tmp_path)  # fmt: skip
+    assert_close(weights(tmp_path / "resumed"), weights(tmp_path / "straight"), rtol=0, atol=0)
+
+    # another number of processes would read other shares of each batch: refused
+    alone = f"{common} --checkpoint_path None --resume_from_checkpoint {checkpoints[0]}"
+    assert main(shlex.split(alone)) == 2

@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument(
         "--snapshot_layers", nargs="*", default=None, help="only these layers' snapshots"
     )
+    parser.add_argument("--only", nargs="*", default=None, help="evaluate only these layers")
     parser.add_argument("--n_sequences", type=int, default=None, help="default: all held-out")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--pairs", nargs="*", default=[], help="extra comparisons a:b")
@@ -102,6 +103,8 @@ def main() -> None:
         clash = set(specs) & set(manifest["layers"])
         if clash:
             raise SystemExit(f"layer names {sorted(clash)} appear in two runs; rename one")
+        if opts.only is not None:
+            manifest["layers"] = {n: s for n, s in manifest["layers"].items() if n in opts.only}
         specs |= {name: {**spec, "run": str(work)} for name, spec in manifest["layers"].items()}
     model = zoo.load(manifests[0]["model"])
     tokens = token_sequences(model, zoo.load_corpus("heldout"), 128, opts.n_sequences)

@@ -61,7 +61,12 @@ from mxd_saelens.runner import (
 )
 from mxd_saelens.sources import load_dataset_source, load_language_model
 from mxd_saelens.splice import SplicedLayer
-from mxd_saelens.trainer import PairedSAETrainer, RunEndMixin, stop_with_checkpoint
+from mxd_saelens.trainer import (
+    PairedSAETrainer,
+    RunEndMixin,
+    scheduler_notices_silenced,
+    stop_with_checkpoint,
+)
 
 # fields each layer may set for itself; the rest describe the shared data or the run
 PER_LAYER_FIELDS = frozenset(
@@ -393,7 +398,7 @@ class MultiPairedTrainingRunner:
                 self.activations_store.load_from_checkpoint(resume)
             else:
                 self._initialize_from_data(provider)
-            with _stop_on_signals(trainer):  # type: ignore[arg-type]
+            with _stop_on_signals(trainer), scheduler_notices_silenced():  # type: ignore[arg-type]
                 saes = trainer.fit()
             for name, sae in saes.items():
                 self._save_final(name, sae, trainer)

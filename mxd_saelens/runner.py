@@ -54,7 +54,7 @@ from mxd_saelens.hooks import MLPHooks, check_mlp_pair, resolve_mlp_hooks
 from mxd_saelens.paired_cache import PairedCache, as_tensor, open_cache_for, uses_cache
 from mxd_saelens.sources import load_dataset_source, load_language_model
 from mxd_saelens.splice import SplicedLayer
-from mxd_saelens.trainer import PairedSAETrainer
+from mxd_saelens.trainer import PairedSAETrainer, scheduler_notices_silenced
 from mxd_saelens.warm_start import mlp_weights, warm_start_
 
 SUPPORTED_NORMALIZATIONS = ("none", "expected_average_only_in")
@@ -494,7 +494,10 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
             self.distributed.copy_from_main_(self.sae)
         self._compile_sae_if_needed()
         try:
-            with _stop_on_signals(trainer, same_signal_s=2.0 if self.distributed.enabled else 0):
+            with (
+                _stop_on_signals(trainer, same_signal_s=2.0 if self.distributed.enabled else 0),
+                scheduler_notices_silenced(),
+            ):
                 sae = trainer.fit()
             # the final save logs a wandb artifact, so it runs before the run is finished
             if self.cfg.output_path is not None and main:

@@ -21,6 +21,10 @@ of SAELens this module overrides or reads are listed, and checked at import, in
 
 from __future__ import annotations
 
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,20 @@ from sae_lens.training.sae_trainer import SAETrainer
 from torch import Tensor
 
 from mxd_saelens.distributed import Distributed, data_parallel
+
+
+@contextmanager
+def scheduler_notices_silenced() -> Iterator[None]:
+    """torch 2.6's ``SequentialLR`` steps its sub-schedulers with an epoch argument at each
+    milestone and then warns about its own call (SAELens's warm-up → constant schedule crosses
+    one): nothing a user can act on, so it is silenced while training."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message=re.escape("The epoch parameter in `scheduler.step()`"),
+            category=UserWarning,
+        )
+        yield
 
 
 class TrainingInterrupted(KeyboardInterrupt):

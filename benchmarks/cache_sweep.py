@@ -28,13 +28,12 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from benchmarks.common import write_result
+from benchmarks.common import step_only_seconds, write_result
 from mxd_saelens import zoo
 from mxd_saelens.cache import cache_paired_activations
 from mxd_saelens.demo import DemoOptions, layer_config
 from mxd_saelens.multi_runner import MultiPairedTrainingRunner
-from mxd_saelens.runner import PairedTrainingRunner, build_training_layer
-from mxd_saelens.trainer import PairedSAETrainer
+from mxd_saelens.runner import PairedTrainingRunner
 
 ARCHITECTURES = ("mxd", "topk_transcoder", "topk_skip_transcoder")
 
@@ -45,22 +44,26 @@ def timed(run: Any) -> float:
     return time.perf_counter() - started
 
 
+def write_cache(model: Any, opts: argparse.Namespace, layer: int, folder: Path, dtype: str) -> None:
+    cache_paired_activations(
+        override_model=model,
+        override_dataset=zoo.load_corpus("train"),
+        model_name=opts.model,
+        dataset_path="zoo",
+        layers=[layer],
+        training_tokens=opts.tokens,
+        output_path=str(folder),
+        dtype=dtype,
+        verbose=False,
+    )
+
+
 def cache_size(model: Any, opts: argparse.Namespace, layer: int, work: Path) -> dict[str, Any]:
     sizes, seconds = {}, {}
     for dtype in ("float32", "bfloat16"):
         folder = work / f"size_{dtype}"
         seconds[dtype] = timed(
-            lambda folder=folder, dtype=dtype: cache_paired_activations(
-                override_model=model,
-                override_dataset=zoo.load_corpus("train"),
-                model_name=opts.model,
-                dataset_path="zoo",
-                layers=[layer],
-                training_tokens=opts.tokens,
-                output_path=str(folder),
-                dtype=dtype,
-                verbose=False,
-            )
+            lambda folder=folder, dtype=dtype: write_cache(model, opts, layer, folder, dtype)
         )
         total = sum(p.stat().st_size for p in folder.iterdir())
         sizes[dtype] = round(total / opts.tokens * 1e6)
@@ -85,18 +88,7 @@ def throughput(model: Any, opts: argparse.Namespace, layer: int, cache: Path) ->
 
     # the same number of steps on batches drawn beforehand: the layers' steps alone
     n_steps = max(1, opts.tokens // opts.batch)
-    batches = [next(cached.activations_store) for _ in range(min(n_steps, 64))]
-    steps = 0.0
-    for cfg in cached_configs.values():
-        trainer = PairedSAETrainer(
-            cfg=cfg.to_sae_trainer_config(), sae=build_training_layer(cfg), data_provider=iter(())
-        )
-        trainer.step(batches[0])  # warm-up
-        started = time.perf_counter()
-        for i in range(n_steps):
-            trainer.step(batches[i % len(batches)])
-            trainer.n_training_steps += 1
-        steps += time.perf_counter() - started
+    steps = sum(step_only_seconds(cached_configs, cached.activations_store, n_steps).values())
     rate = {
         "streaming": opts.tokens / streaming,
         "from_cache": opts.tokens / from_cache,
@@ -125,18 +117,7 @@ def sweep(model: Any, opts: argparse.Namespace, layer: int, work: Path) -> dict[
 
     streaming = timed(lambda: train_all(None))
     folder = work / "sweep_cache"
-    caching = timed(
-        lambda: cache_paired_activations(
-            override_model=model,
-            override_dataset=zoo.load_corpus("train"),
-            model_name=opts.model,
-            dataset_path="zoo",
-            layers=[layer],
-            training_tokens=opts.tokens,
-            output_path=str(folder),
-            verbose=False,
-        )
-    )
+    caching = timed(lambda: write_cache(model, opts, layer, folder, "float32"))
     from_cache = timed(lambda: train_all(folder))
     return {
         "layers": [f"{a}-k{k}" for a, k in grid],

@@ -8,6 +8,7 @@ import os
 import platform
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,3 +33,24 @@ def write_result(path: str | Path, result: dict[str, Any]) -> Path:
     path.write_text(json.dumps({**environment(), **result}, indent=2))
     print(f"wrote {path}")
     return path
+
+
+def step_only_seconds(configs: dict[str, Any], store: Any, n_steps: int) -> dict[str, float]:
+    """Each configured layer's ``n_steps`` training steps alone, on (up to 64) batches drawn from
+    ``store`` beforehand: the rate a training run would have without its data pipeline."""
+    from mxd_saelens.runner import build_training_layer
+    from mxd_saelens.trainer import PairedSAETrainer
+
+    batches = [next(store) for _ in range(min(n_steps, 64))]
+    seconds = {}
+    for name, cfg in configs.items():
+        trainer = PairedSAETrainer(
+            cfg=cfg.to_sae_trainer_config(), sae=build_training_layer(cfg), data_provider=iter(())
+        )
+        trainer.step(batches[0])  # warm-up
+        started = time.perf_counter()
+        for i in range(n_steps):
+            trainer.step(batches[i % len(batches)])
+            trainer.n_training_steps += 1
+        seconds[name] = time.perf_counter() - started
+    return seconds

@@ -19,12 +19,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from benchmarks.common import write_result
+from benchmarks.common import step_only_seconds, write_result
 from mxd_saelens import zoo
 from mxd_saelens.demo import DemoOptions, layer_config
 from mxd_saelens.multi_runner import MultiPairedTrainingRunner
-from mxd_saelens.runner import build_training_layer
-from mxd_saelens.trainer import PairedSAETrainer
 
 ARCHITECTURES = ("mxd", "topk_transcoder", "topk_skip_transcoder")
 
@@ -54,19 +52,7 @@ def main() -> None:
 
     # the same number of steps on batches drawn beforehand: the layers' steps alone
     n_steps = opts.tokens // opts.batch_tokens
-    store = runner.activations_store
-    batches = [next(store) for _ in range(min(n_steps, 64))]
-    step_seconds = {}
-    for name, cfg in configs.items():
-        trainer = PairedSAETrainer(
-            cfg=cfg.to_sae_trainer_config(), sae=build_training_layer(cfg), data_provider=iter(())
-        )
-        trainer.step(batches[0])  # warm-up
-        started = time.perf_counter()
-        for i in range(n_steps):
-            trainer.step(batches[i % len(batches)])
-            trainer.n_training_steps += 1
-        step_seconds[name] = time.perf_counter() - started
+    step_seconds = step_only_seconds(configs, runner.activations_store, n_steps)
     steps_only = sum(step_seconds.values())
     result = {
         "model": opts.model,

@@ -55,7 +55,7 @@ from mxd_saelens.paired_cache import PairedCache, as_tensor, open_cache_for, use
 from mxd_saelens.sources import load_dataset_source, load_language_model
 from mxd_saelens.splice import SplicedLayer
 from mxd_saelens.trainer import PairedSAETrainer, scheduler_notices_silenced
-from mxd_saelens.warm_start import mlp_weights, warm_start_
+from mxd_saelens.warm_start import mlp_weights, warm_start_, warm_start_transcoder_
 
 SUPPORTED_NORMALIZATIONS = ("none", "expected_average_only_in")
 
@@ -319,8 +319,9 @@ def start_wandb_run(logging: LoggingConfig, config: dict[str, Any]) -> None:
 def warm_start_from_model(
     sae: nn.Module, model: HookedRootModule, hooks: MLPHooks, sample_inputs: Tensor, seed: int
 ) -> None:
-    """An MxD's ``init`` from the MLP it replaces (after the output bias is set, which
-    ``init="mlp"`` replaces by the MLP's own); nothing for the paper's init or a transcoder."""
+    """A layer's ``init`` from the MLP it replaces (after the output bias is set, which
+    ``init="mlp"`` replaces by the MLP's own): an MxD's, or a TopK transcoder's analogue;
+    nothing for the paper's init."""
     init = getattr(sae.cfg, "init", "paper")
     if init == "paper":
         return
@@ -330,7 +331,10 @@ def warm_start_from_model(
             f"{hooks.hook_out!r}, not that MLP's output; use init='paper' for this pair."
         )
     weights = mlp_weights(model, hooks.layer)
-    warm_start_(sae, weights, init, sample_inputs, sae.cfg.init_noise, seed)  # type: ignore[union-attr]
+    if hasattr(sae, "W_experts"):
+        warm_start_(sae, weights, init, sample_inputs, sae.cfg.init_noise, seed)  # type: ignore[union-attr]
+    else:
+        warm_start_transcoder_(sae, weights, init)
 
 
 @torch.no_grad()

@@ -20,6 +20,9 @@ folded into E here: ``E ← diag(w)·W_in``, ``b_E ← b_in + b·W_in``.
 
 TransformerLens's ``GatedMLP`` adds ``b_in`` after the gating product; an MxD's GLU cannot, so
 with D from the MLP that constant's contribution ``b_in·W_out`` goes into the output bias.
+
+TopK transcoders get the analogue (:func:`warm_start_transcoder_`), so that warm-started layers
+compare on equal terms: their first H latents become the MLP's H neurons.
 """
 
 from __future__ import annotations
@@ -135,4 +138,46 @@ def warm_start_(
         raise ValueError("no expert fires on the sample inputs; cannot scale the decoder.")
     layer.W_dec.copy_((weights.D / scale).to(dtype))  # type: ignore[union-attr]
     layer.b_dec.copy_(weights.b_out.to(dtype))  # type: ignore[union-attr]
+    return layer
+
+
+@torch.no_grad()
+def warm_start_transcoder_(layer: nn.Module, weights: MLPWeights, init: str) -> nn.Module:
+    """A TopK transcoder's analogue of the MxD warm starts: latents ``0..H-1`` become the MLP's
+    neurons.
+
+    - ``"mlp_encoder"``: their encoder columns and biases are the MLP's, so their
+      pre-activations equal the MLP's; the decoder stays as built.
+    - ``"mlp"``: also their decoder rows are the MLP's ``W_out`` and the output bias its
+      ``b_out``; the other latents keep their random encoders and start with zero decoder rows.
+      A token's output then starts as the MLP's read-out of its selected neurons: the MLP with
+      its activation replaced by TopK(ReLU(·)).
+
+    A gated MLP's hidden unit is the product of two projections, which no single transcoder
+    latent can copy, so gated MLPs are refused.
+    """
+    check_init(init)
+    if init == "paper":
+        return layer
+    if weights.E_glu is not None:
+        raise ValueError(
+            "a transcoder latent is one ReLU unit, and a gated MLP's hidden unit is the product "
+            "of two projections: there is no transcoder copy of it. Use init='paper' for a "
+            "transcoder on a gated MLP."
+        )
+    d_in, d_sae = layer.W_enc.shape  # type: ignore[union-attr]
+    hidden = weights.E.shape[1]
+    if d_in != weights.E.shape[0] or d_sae < hidden:
+        raise ValueError(
+            f"the transcoder's W_enc is {(d_in, d_sae)} and the MLP's W_in "
+            f"{tuple(weights.E.shape)}: a warm start needs the same d_in and d_sae >= the "
+            f"MLP's d_mlp ({hidden})."
+        )
+    dtype = layer.W_enc.dtype  # type: ignore[union-attr]
+    layer.W_enc[:, :hidden] = weights.E.to(dtype)  # type: ignore[index]
+    layer.b_enc[:hidden] = weights.b_E.to(dtype)  # type: ignore[index]
+    if init == "mlp":
+        layer.W_dec.zero_()  # type: ignore[union-attr]
+        layer.W_dec[:hidden] = weights.D.to(dtype)  # type: ignore[index]
+        layer.b_dec.copy_(weights.b_out.to(dtype))  # type: ignore[union-attr]
     return layer

@@ -9,7 +9,7 @@ import torch
 import mxd_saelens as mxd
 from mxd_saelens import zoo
 from mxd_saelens.hooks import mlp_shape
-from mxd_saelens.warm_start import check_init, mlp_weights, warm_start_
+from mxd_saelens.warm_start import check_init, mlp_weights, warm_start_, warm_start_transcoder_
 
 LAYER = 2
 
@@ -116,3 +116,75 @@ def test_the_runners_start_the_layer_from_the_models_mlp(init: str, tmp_path) ->
             torch.testing.assert_close(ratio, ratio.mean().expand_as(ratio), rtol=1e-3, atol=1e-6)
         else:
             assert float(layer.W_dec.abs().max()) < 1e-6
+
+
+def _transcoder_for(model, d_sae: int = 768, k: int = 8):
+    cfg = mxd.TopKTranscoderTrainingSAEConfig(d_in=model.cfg.d_model, d_sae=d_sae, k=k)
+    return mxd.TopKTranscoderTrainingSAE(cfg)
+
+
+@pytest.mark.parametrize("fold_ln", [True, False])
+@torch.no_grad()
+def test_transcoder_encoder_init_gives_the_mlps_pre_activations(fold_ln: bool) -> None:
+    model = zoo.load("tiny-gelu", fold_ln=fold_ln)
+    tokens = _tokens(model)
+    _, cache = model.run_with_cache(tokens, names_filter=f"blocks.{LAYER}.mlp.hook_pre")
+    pre = cache[f"blocks.{LAYER}.mlp.hook_pre"].reshape(-1, model.cfg.d_mlp)
+    x, _, _ = _captured(model, tokens)
+    layer = _transcoder_for(model)
+    decoder_before = layer.W_dec.clone()
+    warm_start_transcoder_(layer, mlp_weights(model, LAYER), "mlp_encoder")
+    ours = x @ layer.W_enc + layer.b_enc
+    torch.testing.assert_close(ours[:, : model.cfg.d_mlp], pre, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(layer.W_dec, decoder_before, rtol=0, atol=0)
+
+
+@torch.no_grad()
+def test_transcoder_full_init_reads_out_its_selected_mlp_neurons() -> None:
+    """Output = the MLP's b_out + Σ over the token's top-k latents that are MLP neurons of
+    ReLU(pre)·W_out, computed here from TransformerLens's own hook_pre and W_out."""
+    model = zoo.load("tiny-gelu")
+    tokens = _tokens(model)
+    _, cache = model.run_with_cache(tokens, names_filter=f"blocks.{LAYER}.mlp.hook_pre")
+    pre_mlp = cache[f"blocks.{LAYER}.mlp.hook_pre"].reshape(-1, model.cfg.d_mlp)
+    x, _, _ = _captured(model, tokens)
+    layer = warm_start_transcoder_(_transcoder_for(model), mlp_weights(model, LAYER), "mlp")
+    h = model.cfg.d_mlp
+    other = (x @ layer.W_enc + layer.b_enc)[:, h:]  # the random latents, competing for slots
+    values, index = torch.cat([pre_mlp, other], -1).relu().topk(8, dim=-1)
+    neuron = index < h
+    mlp = model.blocks[LAYER].mlp
+    rows = mlp.W_out[index.clamp_max(h - 1)] * (values * neuron)[..., None]  # [T, k, d_out]
+    expected = mlp.b_out + rows.sum(1)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-5)
+    assert torch.count_nonzero(layer.W_dec[h:]) == 0
+    assert bool(neuron.any()) and not bool(neuron.all())  # both kinds of latent were selected
+
+
+def test_transcoder_init_refuses_gated_mlps_and_narrow_layers() -> None:
+    gated = zoo.load("tiny-gated")
+    with pytest.raises(ValueError, match="gated MLP"):
+        warm_start_transcoder_(_transcoder_for(gated), mlp_weights(gated, LAYER), "mlp")
+    model = zoo.load("tiny-gelu")
+    with pytest.raises(ValueError, match="d_sae >= the MLP's d_mlp"):
+        warm_start_transcoder_(_transcoder_for(model, 256), mlp_weights(model, LAYER), "mlp")
+    with pytest.raises(ValueError, match="init='warm'"):
+        mxd.TopKTranscoderTrainingSAEConfig(d_in=128, d_sae=768, k=8, init="warm")
+
+
+def test_the_runner_starts_a_transcoder_from_the_models_mlp() -> None:
+    from mxd_saelens.runner import PairedTrainingRunner
+
+    model = zoo.load("tiny-gelu")
+    cfg = mxd.runner_config(
+        "topk_transcoder", model_name="tiny-gelu", dataset_path="zoo", layer=LAYER, d_in=128,
+        d_sae=768, k=8, init="mlp", lr=1e-12, training_tokens=2048,
+        train_batch_size_tokens=1024, context_size=128, log_to_wandb=False,
+        checkpoint_path=None, verbose=False,
+    )  # fmt: skip
+    layer = PairedTrainingRunner(cfg, override_model=model).run()
+    expected = mlp_weights(model, LAYER)
+    h = model.cfg.d_mlp
+    torch.testing.assert_close(layer.W_enc[:, :h], expected.E, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(layer.W_dec[:h], expected.D, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(layer.b_dec, expected.b_out, rtol=1e-4, atol=1e-6)

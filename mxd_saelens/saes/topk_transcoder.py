@@ -39,6 +39,7 @@ from mxd_saelens.saes.paired import (
     dead_feature_aux_loss,
     paired_training_forward_pass,
 )
+from mxd_saelens.warm_start import check_init
 
 
 def check_topk(k: int, d_sae: int) -> None:
@@ -188,6 +189,11 @@ class TopKTranscoderTrainingSAEConfig(
     """How many latents fire per token."""
     apply_b_dec_to_input: bool = False
     decoder_init_norm: float | None = None
+    init: str = "paper"
+    """``"paper"``: the linear-layer init. Beyond it, the analogue of the MxD's warm starts (the
+    runner reads the MLP from the model; see ``mxd_saelens.warm_start.warm_start_transcoder_``):
+    ``"mlp_encoder"``, the first d_mlp latents' encoder from the MLP; ``"mlp"``, their decoder
+    rows and the output bias too."""
 
     @override
     @classmethod
@@ -200,6 +206,7 @@ class TopKTranscoderTrainingSAEConfig(
         self.d_out = self.d_out or self.d_in
         check_dims(self.d_in, self.d_sae, self.d_out)
         check_topk(self.k, self.d_sae)
+        check_init(self.init)
         self._validate_loss()
         self._validate_dead_feature_aux(self.d_sae)
         super().__post_init__()

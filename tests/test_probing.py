@@ -13,6 +13,7 @@ import huggingface_hub.constants
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import f1_score
 
 from mxd_saelens import research_cli
 from mxd_saelens.probing import (
@@ -20,6 +21,8 @@ from mxd_saelens.probing import (
     LabelledTexts,
     LayerCodes,
     NeuronCodes,
+    ProbeResult,
+    compare_probes,
     corpus_labelled_set,
     pooled_features,
     probe_features,
@@ -77,6 +80,55 @@ def test_split_is_stratified_and_seeded():
     first = probe_features(x, labels, n_candidates=5)
     assert first == probe_features(x, labels, n_candidates=5)
     assert [s.n_test for s in first] == [10, 10]
+
+
+def noisy_planted(n: int, noise: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two classes; code 0 carries the label under Gaussian noise, so the probe errs."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(np.array(["a", "b"]), size=n)
+    x = rng.normal(size=(n, 5))
+    x[:, 0] = (labels == "a") + noise * rng.normal(size=n)
+    return x, labels
+
+
+def test_mean_f1_standard_error_is_the_bootstrap_of_sklearns_f1():
+    x, labels = noisy_planted(500, noise=0.6)
+    result = ProbeResult("planted", "noisy", probe_features(x, labels, n_candidates=3), 500)
+    truth = [np.array(s.test_truth) for s in result.scores]
+    predicted = [np.array(s.test_predicted) for s in result.scores]
+    # the kept outcomes are the reported F1s
+    for score, t, p in zip(result.scores, truth, predicted, strict=True):
+        assert f1_score(t, p) == pytest.approx(score.f1)
+    draws = np.random.default_rng(0).integers(0, len(truth[0]), size=(1000, len(truth[0])))
+    by_hand = [
+        np.mean([f1_score(t[d], p[d]) for t, p in zip(truth, predicted, strict=True)])
+        for d in draws
+    ]
+    assert result.mean_f1_se() == pytest.approx(np.std(by_hand, ddof=1), rel=1e-9)
+    # four times the test samples: about half the error
+    x4, labels4 = noisy_planted(2000, noise=0.6)
+    bigger = ProbeResult("planted", "noisy", probe_features(x4, labels4, n_candidates=3), 2000)
+    assert 1.5 < result.mean_f1_se() / bigger.mean_f1_se() < 2.7
+
+
+def test_paired_probe_comparison():
+    x, labels = noisy_planted(500, noise=0.6)
+    a = ProbeResult("a", "noisy", probe_features(x, labels, n_candidates=3), 500)
+    same = compare_probes(a, a)
+    assert same == {"difference": 0.0, "se": 0.0}
+    nudged = x.copy()
+    nudged[:, 0] += 0.2 * np.random.default_rng(5).normal(size=500)
+    b = ProbeResult("b", "noisy", probe_features(nudged, labels, n_candidates=3), 500)
+    paired = compare_probes(a, b)
+    assert paired["difference"] == pytest.approx(a.mean_f1 - b.mean_f1)
+    # the two share most of their errors, so pairing removes most of the split's noise
+    assert 0 < paired["se"] < np.hypot(a.mean_f1_se(), b.mean_f1_se())
+    x2, labels2 = noisy_planted(400, noise=0.6)
+    other = ProbeResult("c", "noisy", probe_features(x2, labels2, n_candidates=3), 400)
+    with pytest.raises(ValueError, match="different test samples"):
+        compare_probes(a, other)
+    assert "test_truth" not in json.dumps(a.to_dict())
+    assert a.to_dict()["mean_f1_se"] == pytest.approx(a.mean_f1_se())
 
 
 def test_bad_labels_are_rejected():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,32 @@ class ClassScore:
     """F1 of always answering this class, on the test split: the floor to beat."""
     n_train: int
     n_test: int
+    test_truth: tuple[bool, ...] = field(default=(), repr=False)
+    """Per test sample (in the split's order): is it this class?"""
+    test_predicted: tuple[bool, ...] = field(default=(), repr=False)
+    """Per test sample: the best code's probe's answer. With ``test_truth``, what the standard
+    errors resample."""
+
+
+N_BOOTSTRAP = 1000
+
+
+def _bootstrap_mean_f1(scores: Sequence[ClassScore], draws: np.ndarray) -> np.ndarray:
+    """Mean F1 over classes for each bootstrap draw ``[B, n_test]`` of test-sample indices."""
+    truth = np.asarray([s.test_truth for s in scores], dtype=bool)  # [C, n_test]
+    predicted = np.asarray([s.test_predicted for s in scores], dtype=bool)
+    if truth.shape[1] == 0:
+        raise ValueError("these scores keep no test outcomes; rerun probe_features.")
+    t, p = truth[:, draws], predicted[:, draws]  # [C, B, n_test]
+    tp = (t & p).sum(-1)
+    wrong = (t ^ p).sum(-1)  # false positives + false negatives
+    denominator = 2 * tp + wrong
+    f1 = np.divide(2 * tp, denominator, out=np.zeros(tp.shape), where=denominator > 0)
+    return f1.mean(0)  # [B]
+
+
+def _draws(n_test: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n_test, size=(N_BOOTSTRAP, n_test))
 
 
 @dataclass
@@ -44,11 +70,43 @@ class ProbeResult:
     def mean_f1(self) -> float:
         return float(np.mean([s.f1 for s in self.scores]))
 
+    def mean_f1_se(self, seed: int = 0) -> float:
+        """Standard error of the mean F1: the test samples resampled with replacement
+        (``N_BOOTSTRAP`` draws), each class's chosen code and probe held fixed. It measures the
+        test split's noise, not the choice of code."""
+        draws = _draws(len(self.scores[0].test_truth), seed)
+        return float(_bootstrap_mean_f1(self.scores, draws).std(ddof=1))
+
     def f1_by_class(self) -> dict[str, float]:
         return {s.label: s.f1 for s in self.scores}
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "mean_f1": self.mean_f1}
+        scores = [
+            {k: v for k, v in asdict(s).items() if k not in ("test_truth", "test_predicted")}
+            for s in self.scores
+        ]
+        return {
+            **asdict(self),
+            "scores": scores,
+            "mean_f1": self.mean_f1,
+            "mean_f1_se": self.mean_f1_se(),
+        }
+
+
+def compare_probes(a: ProbeResult, b: ProbeResult, seed: int = 0) -> dict[str, float]:
+    """Mean F1 of ``a`` minus ``b`` with its paired standard error: both resampled with the same
+    test samples. They must have probed the same labelled set with the same split; a differing
+    split or class list is refused (two sets whose labels happen to split alike cannot be told
+    apart here)."""
+    truth_a = [(s.label, s.test_truth) for s in a.scores]
+    if truth_a != [(s.label, s.test_truth) for s in b.scores]:
+        raise ValueError(
+            f"{a.source!r} and {b.source!r} were probed on different test samples or classes; "
+            "compare probes of the same labelled set with the same split."
+        )
+    draws = _draws(len(a.scores[0].test_truth), seed)
+    difference = _bootstrap_mean_f1(a.scores, draws) - _bootstrap_mean_f1(b.scores, draws)
+    return {"difference": a.mean_f1 - b.mean_f1, "se": float(difference.std(ddof=1))}
 
 
 def check_labels(labels: Sequence[str], test_size: float) -> list[str]:
@@ -95,14 +153,15 @@ def probe_features(
         pos_tr, pos_te = y_tr == label, y_te == label
         gap = np.abs(x_tr[pos_tr].mean(0) - x_tr[~pos_tr].mean(0))
         candidates = np.argsort(-gap, kind="stable")[: min(n_candidates, x.shape[1])]
-        best_f1, best_code = -1.0, -1
+        best_f1, best_code, best_predicted = -1.0, -1, pos_te
         for j in candidates:
             # newton-cg: the same objective as the default lbfgs, ~10x faster on one feature
             probe = LogisticRegression(C=C, class_weight="balanced", solver="newton-cg")
             probe.fit(x_tr[:, j : j + 1], pos_tr)
-            f1 = float(f1_score(pos_te, probe.predict(x_te[:, j : j + 1]), zero_division=0.0))
+            predicted = probe.predict(x_te[:, j : j + 1])
+            f1 = float(f1_score(pos_te, predicted, zero_division=0.0))
             if f1 > best_f1:
-                best_f1, best_code = f1, int(j)
+                best_f1, best_code, best_predicted = f1, int(j), predicted
         prevalence = pos_te.mean()
         scores.append(
             ClassScore(
@@ -112,6 +171,8 @@ def probe_features(
                 chance_f1=float(2 * prevalence / (1 + prevalence)),
                 n_train=int(pos_tr.sum()),
                 n_test=int(pos_te.sum()),
+                test_truth=tuple(bool(v) for v in pos_te),
+                test_predicted=tuple(bool(v) for v in best_predicted),
             )
         )
     return scores

@@ -277,6 +277,9 @@ class EvalOptions:
     """Device for the model and the layers."""
     out_dir: str = "eval_output"
     """Folder for results.json and report.html."""
+    specialisation: bool = True
+    """Also probe each layer's codes on the bundled corpus's language labels and measure how
+    its experts (or latents) are used (about 30 s a layer)."""
 
 
 EVAL_DESCRIPTION = (
@@ -288,8 +291,14 @@ EVAL_DESCRIPTION = (
 def evaluate(args: Sequence[str]) -> None:
     from mxd_saelens.evaluation import evaluate_layers
     from mxd_saelens.layers import load_layer
-    from mxd_saelens.report import format_comparisons, format_table, write_report
+    from mxd_saelens.report import (
+        format_comparisons,
+        format_specialisation,
+        format_table,
+        write_report,
+    )
     from mxd_saelens.sources import load_language_model
+    from mxd_saelens.specialisation import add_specialisation, layer_specialisation
     from mxd_saelens.tokens import token_sequences
 
     opts = parse_options(EvalOptions, args, "mxd-saelens eval", EVAL_DESCRIPTION)
@@ -302,8 +311,13 @@ def evaluate(args: Sequence[str]) -> None:
     model = load_language_model(model_name, device=opts.device)
     tokens = token_sequences(model, opts.dataset, opts.context_size, opts.n_sequences)
     result = evaluate_layers(model, layers, tokens.to(opts.device), batch_size=opts.batch_size)
+    if opts.specialisation:
+        add_specialisation(result.rows, layer_specialisation(model, layers))
     comparisons = result.comparisons(opts.reference)
     print(format_table(result.rows))
+    if opts.specialisation:
+        print()
+        print(format_specialisation(result.rows))
     if comparisons:
         print()
         print(format_comparisons(comparisons))

@@ -3,7 +3,8 @@
 Trains an MxD and the parameter-matched TopK transcoder and TopK skip transcoder on one MLP of
 a bundled model, all three from one shared model forward, splices each into the model on the
 whole held-out split, prints a table with standard errors and the paired comparison, writes JSON
-and an HTML frontier report, saves every layer in SAELens's format and loads them back with
+and an HTML frontier report with each layer's specialisation (probe F1, expert usage) beside its
+ΔCE, saves every layer in SAELens's format and loads them back with
 ``SAE.load_from_disk``.
 """
 
@@ -24,7 +25,13 @@ from mxd_saelens.evaluation import Evaluation, evaluate_layers
 from mxd_saelens.hooks import mlp_shape, resolve_mlp_hooks
 from mxd_saelens.multi_runner import MultiPairedTrainingRunner
 from mxd_saelens.params import matched_size
-from mxd_saelens.report import format_comparisons, format_table, write_report
+from mxd_saelens.report import (
+    format_comparisons,
+    format_specialisation,
+    format_table,
+    write_report,
+)
+from mxd_saelens.specialisation import add_specialisation, layer_specialisation
 from mxd_saelens.tokens import token_sequences
 
 
@@ -53,6 +60,9 @@ class DemoOptions:
     shuffle_tokens: int = 131_072
     """Tokens pooled in the shuffle buffer (about 60 documents of the bundled corpus)."""
     architectures: tuple[str, ...] = ("mxd", "topk_transcoder", "topk_skip_transcoder")
+    specialisation: bool = True
+    """Also probe each layer's codes and measure their usage (mxd_saelens.specialisation):
+    how specialised the experts are, beside how faithful the layer is (about 30 s a layer)."""
     out_dir: str = "demo_output"
     seed: int = 42
 
@@ -165,9 +175,15 @@ def run_demo(options: DemoOptions) -> Evaluation:
     )
     print(f"evaluating on {heldout.numel():,} held-out tokens ({heldout.shape[0]} sequences)")
     evaluation = evaluate_layers(model, loaded, heldout)
+    if options.specialisation:
+        print("probing each layer's codes and measuring their usage on the bundled corpus")
+        add_specialisation(evaluation.rows, layer_specialisation(model, loaded))
     comparisons = evaluation.comparisons()
     print()
     print(format_table(evaluation.rows))
+    if options.specialisation:
+        print()
+        print(format_specialisation(evaluation.rows))
     print()
     print(format_comparisons(comparisons))
     if "mxd" in loaded:

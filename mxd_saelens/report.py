@@ -62,6 +62,15 @@ TABLE_COLUMNS: tuple[tuple[str, str, Callable[[Row, str], str]], ...] = (
     ("dead_fraction", "dead", _percent),
 )
 
+SPECIALISATION_COLUMNS: tuple[tuple[str, str, Callable[[Row, str], str]], ...] = (
+    ("name", "layer", _number("{}")),
+    ("probe_f1", "probe F1 ± SE", _with_se("{:.3f}", "{:.3f}")),
+    ("top_share", "top-32 share", _number("{:.3f}")),
+    ("effective_experts", "effective codes", _number("{:.0f}")),
+    ("jaccard_random", "Jaccard random", _number("{:.3f}")),
+    ("jaccard_same_class", "same class", _number("{:.3f}")),
+)
+
 COMPARISON_COLUMNS: tuple[tuple[str, str, Callable[[Row, str], str]], ...] = (
     ("a", "A", _number("{}")),
     ("b", "B", _number("{}")),
@@ -89,6 +98,18 @@ def _table(rows: Sequence[Row], columns: Sequence[tuple[str, str, Any]]) -> str:
 def format_table(rows: Sequence[Row]) -> str:
     """A fixed-width table of the main numbers, ΔCE and KL with ± 1 standard error."""
     return _table(rows, TABLE_COLUMNS)
+
+
+def has_specialisation(rows: Sequence[Row]) -> bool:
+    return any("probe_f1" in row for row in rows)
+
+
+def format_specialisation(rows: Sequence[Row]) -> str:
+    """A fixed-width table of how specialised each layer's codes are (see
+    :mod:`mxd_saelens.specialisation`): probe F1 ± SE, the share of firings taken by the 32 most
+    used codes, the effective number of codes, and the expert-set overlap of two random tokens
+    and of two tokens of the same language."""
+    return _table(rows, SPECIALISATION_COLUMNS)
 
 
 def format_comparisons(comparisons: Sequence[Row]) -> str:
@@ -212,6 +233,11 @@ def write_report(
     html_path = out / "report.html"
     figure = frontier_figure(rows, title=f"{title}: sparsity–accuracy frontier")
     sections = [f"<pre>{_escape(format_table(rows))}</pre>"]
+    if has_specialisation(rows):
+        sections += [
+            "<h2>Specialisation (bundled corpus, natural-language labels)</h2>",
+            f"<pre>{_escape(format_specialisation(rows))}</pre>",
+        ]
     if comparisons:
         sections += [
             "<h2>Paired comparisons (same tokens; SE over sequences)</h2>",

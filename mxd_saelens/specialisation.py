@@ -15,12 +15,17 @@ which a few always-on experts carry the MLP. These numbers can:
 
 Tokens: each text's first ``context_size`` tokens (a source file's last), after BOS, as in
 sparse probing; BOS and padding are left out.
+
+:func:`layer_specialisation` puts these beside the sparse-probing score (mean F1 ± SE on the
+bundled corpus's natural-language labels, :mod:`mxd_saelens.probing`): the numbers the demo, the
+evaluation command and the benchmarks report beside each layer's ΔCE.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,7 +35,8 @@ from transformer_lens.hook_points import HookedRootModule
 
 from mxd_saelens.probing.codes import LayerCodes
 from mxd_saelens.probing.features import _bos, _pad, resolve_context, text_window
-from mxd_saelens.probing.labelled_sets import LabelledTexts
+from mxd_saelens.probing.labelled_sets import LabelledTexts, corpus_labelled_set
+from mxd_saelens.probing.probe import ProbeResult, sparse_probe
 
 
 @dataclass
@@ -140,3 +146,64 @@ def specialisation(
         ),
         dead_fraction=dead,
     )
+
+
+SPECIALISATION_FIELDS = (
+    "probe_f1",
+    "probe_f1_se",
+    "top_share",
+    "effective_experts",
+    "jaccard_random",
+    "jaccard_same_class",
+)
+
+
+@dataclass
+class LayerSpecialisation:
+    """A layer's probing result and usage metrics (the module docstring's)."""
+
+    probe: ProbeResult
+    usage: Specialisation
+
+    def row(self) -> dict[str, float]:
+        """The fields a results row carries (``SPECIALISATION_FIELDS``)."""
+        usage = self.usage
+        return {
+            "probe_f1": self.probe.mean_f1,
+            "probe_f1_se": self.probe.mean_f1_se(),
+            "top_share": usage.top_share,
+            "effective_experts": usage.effective_experts,
+            "jaccard_random": usage.jaccard_random,
+            "jaccard_same_class": usage.jaccard_same_class,
+        }
+
+
+def layer_specialisation(
+    model: HookedRootModule,
+    layers: Mapping[str, nn.Module],
+    per_class: int = 100,
+    top: int = 32,
+) -> dict[str, LayerSpecialisation]:
+    """For each layer: the sparse probe of its codes on ``per_class`` texts per natural
+    language of the bundled corpus (both splits, the paper's protocol), and its usage metrics on
+    the held-out split's texts."""
+    probe_set = corpus_labelled_set("natural_language", per_class=per_class)
+    held_out = corpus_labelled_set("natural_language", splits=("heldout",))
+    return {
+        name: LayerSpecialisation(
+            probe=sparse_probe(model, LayerCodes(layer, name=name), probe_set),
+            usage=specialisation(model, layer, held_out, top=top),
+        )
+        for name, layer in layers.items()
+    }
+
+
+def add_specialisation(
+    rows: list[dict[str, Any]], found: Mapping[str, LayerSpecialisation]
+) -> list[dict[str, Any]]:
+    """``rows`` (results rows keyed by ``name``) with each named layer's specialisation fields
+    added in place; rows of other layers are left as they are."""
+    for row in rows:
+        if row["name"] in found:
+            row.update(found[row["name"]].row())
+    return rows

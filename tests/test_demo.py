@@ -31,7 +31,7 @@ def test_shortened_demo_trains_splices_reports_and_round_trips(tmp_path: Path, c
     assert [str(w.message)[:80] for w in caught if issubclass(w.category, UserWarning)] == []
     rows = evaluation.rows
     printed = capsys.readouterr().out
-    assert "ΔCE" in printed and "CE rec." in printed
+    assert "ΔCE" in printed and "CE rec." in printed and "probe F1 ± SE" in printed
 
     by_arch = {row["architecture"]: row for row in rows}
     assert set(by_arch) == {"mxd", "topk_transcoder"}
@@ -41,6 +41,12 @@ def test_shortened_demo_trains_splices_reports_and_round_trips(tmp_path: Path, c
         # a trained layer sits between the clean model and the model without this MLP
         assert row["ce_clean"] < row["ce_spliced"] < row["ce_zero_ablation"], row
         assert row["l0"] == 32.0
+        # specialisation beside ΔCE: a probe score with its error, and usage between the
+        # uniform floor (32 of d_sae codes) and one code doing everything
+        d_sae = SAE.load_from_disk(tmp_path / row["name"]).cfg.d_sae
+        assert 0 < row["probe_f1"] <= 1 and row["probe_f1_se"] > 0
+        assert 32 / d_sae <= row["top_share"] <= 1
+        assert 1 <= row["effective_experts"] <= d_sae
     # parameter matched by the paper's accounting: equal to within 0.5%
     gap = by_arch["topk_transcoder"]["parameters"] - by_arch["mxd"]["parameters"]
     assert 0 <= gap < 0.005 * by_arch["topk_transcoder"]["parameters"]
@@ -121,3 +127,4 @@ def test_command_line_trains_from_flags_and_evaluates(tmp_path: Path) -> None:
     assert "ΔCE" in done.stdout
     (row,) = json.loads((tmp_path / "eval" / "results.json").read_text())["rows"]
     assert row["architecture"] == "mxd" and row["n_tokens"] == 4 * 63
+    assert "probe F1 ± SE" in done.stdout and 0 < row["probe_f1"] <= 1

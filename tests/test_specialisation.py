@@ -16,7 +16,9 @@ from mxd_saelens.specialisation import (
     _mean_jaccard,
     _random_pairs,
     _same_class_pairs,
+    add_specialisation,
     firing_sets,
+    layer_specialisation,
     specialisation,
     usage_metrics,
 )
@@ -92,3 +94,33 @@ def test_firing_sets_are_the_layers_codes_on_each_texts_tokens() -> None:
     assert torch.equal(fired[owner == prose], own)
     result = specialisation(model, layer, data, context_size=16, n_pairs=300)
     assert result.n_tokens == len(fired) and 0 <= result.jaccard_random <= 1
+
+
+def test_layer_specialisation_rows_carry_the_probe_and_the_usage() -> None:
+    """The row fields are the probe's and the usage metrics' own numbers, added to the named
+    row only, and the report prints them."""
+    from mxd_saelens.probing import LayerCodes, sparse_probe
+    from mxd_saelens.report import format_specialisation
+
+    model = zoo.load("tiny-gelu")
+    layer = mxd.MxD(
+        mxd.MxDConfig(d_in=128, n_experts=64, k=4, d_hidden=512, activation="gelu_tanh")
+    )
+    layer.cfg.metadata.hook_name = "blocks.2.ln2.hook_normalized"
+    found = layer_specialisation(model, {"random": layer}, per_class=10)
+    probe = sparse_probe(
+        model, LayerCodes(layer), corpus_labelled_set("natural_language", per_class=10)
+    )
+    usage = specialisation(
+        model, layer, corpus_labelled_set("natural_language", splits=("heldout",))
+    )
+    rows = add_specialisation([{"name": "random"}, {"name": "other"}], found)
+    assert rows[0]["probe_f1"] == pytest.approx(probe.mean_f1)
+    assert (
+        rows[0]["probe_f1_se"] == pytest.approx(probe.mean_f1_se()) and rows[0]["probe_f1_se"] > 0
+    )
+    for key in ("top_share", "effective_experts", "jaccard_random", "jaccard_same_class"):
+        assert rows[0][key] == pytest.approx(getattr(usage, key)), key
+    assert rows[1] == {"name": "other"}
+    table = format_specialisation(rows)
+    assert f"{probe.mean_f1:.3f} ± " in table and "top-32 share" in table

@@ -16,6 +16,8 @@ own config, never on the other layers, so a layer trained with others is the lay
 alone. Resumption is exact and Ctrl-C saves one checkpoint holding every layer, as with the
 single runner. With ``cached_activations_path`` (shared by all), each layer reads its own
 block of one paired activation cache, every block in the same order, as from one forward.
+With ``prefetch_llm_batches`` (shared by all) the shared forward runs in a background thread,
+overlapped with the layers' steps, as in the single runner.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from mxd_saelens.activations import (
     PAIRED_STATE_FILENAME,
     PREFETCH_THREAD_NAME,
+    BackgroundRefill,
     PairedActivationsStore,
 )
 from mxd_saelens.cli import parse_train_args
@@ -49,6 +50,45 @@ def store(model, dataset, prefetch: bool | int) -> PairedActivationsStore:
     return PairedActivationsStore.from_runner_config(
         model, cfg, resolve_mlp_hooks(model, hook_in=HOOK_IN), override_dataset=dataset
     )
+
+
+def counting_source(n: int, position: list[int], fail_at: int | None = None):
+    for i in range(n):
+        if i == fail_at:
+            raise OSError("the dataset went away")
+        position[0] = i + 1
+        yield torch.full((2, 3), float(i))
+
+
+def test_background_refill_keeps_order_and_the_taken_position():
+    position = [0]
+    refill = BackgroundRefill(counting_source(10, position), lambda: (position[0], 0), depth=3)
+    try:
+        for i in range(4):
+            assert torch.equal(refill(), torch.full((2, 3), float(i)))
+            assert refill.position == (i + 1, 0)  # what was taken, not what was computed
+        deadline = time.monotonic() + 30
+        while position[0] < 4 + 3:  # the producer fills its queue of 3 ahead
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert refill.position == (4, 0)
+    finally:
+        refill.close()  # with a full queue: the producer notices and ends
+    assert not prefetch_threads()
+    with pytest.raises(RuntimeError, match="closed"):
+        refill()
+
+
+def test_background_refill_hands_the_producers_error_to_the_consumer():
+    position = [0]
+    refill = BackgroundRefill(
+        counting_source(10, position, fail_at=2), lambda: (position[0], 0), depth=1
+    )
+    assert refill().shape == (2, 3) and refill().shape == (2, 3)
+    with pytest.raises(OSError, match="the dataset went away"):
+        refill()
+    refill.close()
+    assert not prefetch_threads()
 
 
 @pytest.mark.parametrize("prefetch", [True, 1, 3])

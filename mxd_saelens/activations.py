@@ -37,6 +37,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -407,7 +408,7 @@ class PairedActivationsStore(ActivationsStore):
             self.n_batches_in_buffer * rows_per_store_batch,
             min(self.min_shuffle_tokens, self.total_training_tokens),
         )
-        refill: Callable[[], torch.Tensor] = lambda: next(activations)  # noqa: E731
+        refill: Callable[[], torch.Tensor] = activations.__next__
         if self.prefetch:
             depth = prefetch_depth(
                 self.prefetch,
@@ -416,7 +417,7 @@ class PairedActivationsStore(ActivationsStore):
             )
             agree = None
             if self.distributed.enabled:
-                agree = lambda closed: self.distributed.any(closed, self.data_group)  # noqa: E731
+                agree = partial(self.distributed.any, group=self.data_group)
             self._refill = BackgroundRefill(activations, self._position, depth, agree)
             refill = self._refill
         self._buffer = ShuffleBuffer(

@@ -91,6 +91,29 @@ def test_background_refill_hands_the_producers_error_to_the_consumer():
     assert not prefetch_threads()
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_producer_uses_the_threads_torch_was_set_to(threads):
+    """torch's intra-op thread count is per thread; a new thread starts from the one set last,
+    so the forward runs as it would in the main thread (and with the same results)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        seen = []
+
+        def source():
+            while True:
+                seen.append(torch.get_num_threads())
+                yield torch.randn(64, 64) @ torch.randn(64, 64)  # an op on the intra-op pool
+
+        refill = BackgroundRefill(source(), lambda: (0, 0), depth=2)
+        for _ in range(5):
+            refill()
+        refill.close()
+        assert set(seen) == {threads}
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("prefetch", [True, 1, 3])
 def test_overlapped_store_serves_the_synchronous_batches(tiny_model, text_dataset, prefetch):
     # one store at a time: a model runs one forward with hooks at a time

@@ -4,9 +4,10 @@ cache against streaming from the model, and a k × architecture sweep from one c
 1. Size: the cache of ``--tokens`` tokens of one block, in float32 and bfloat16, as bytes per
    million tokens (a property of the format, not a timing).
 2. Throughput, the demo's three matched layers (k = 32) from one shared batch stream: end to end
-   streaming (``MultiPairedTrainingRunner`` running the model) and end to end from the cache
-   (the same runner reading the cache), against the layers' steps alone on batches drawn
-   beforehand.
+   streaming (``MultiPairedTrainingRunner`` running the model), streaming overlapped (the same
+   with ``prefetch_llm_batches=True``: the model's forwards in a background thread) and end to
+   end from the cache (the same runner reading the cache), against the layers' steps alone on
+   batches drawn beforehand.
 3. Sweep: ``--ks`` × ``--architectures`` layers (12 by default), each trained alone, once
    streaming (a model pass per layer) and once from one cache (one model pass in all, the
    cache's writing time included).
@@ -77,6 +78,15 @@ def throughput(model: Any, opts: argparse.Namespace, layer: int, cache: Path) ->
         configs, override_model=model, override_dataset=zoo.load_corpus("train")
     )
     streaming = timed(streamed.run)
+    overlapped_configs = {
+        a: layer_config(model, a, options, layer, None, prefetch_llm_batches=True)
+        for a in ARCHITECTURES
+    }
+    overlapped = timed(
+        MultiPairedTrainingRunner(
+            overlapped_configs, override_model=model, override_dataset=zoo.load_corpus("train")
+        ).run
+    )
     cached_configs = {
         a: layer_config(model, a, options, layer, None, cached_activations_path=str(cache))
         for a in ARCHITECTURES
@@ -91,6 +101,7 @@ def throughput(model: Any, opts: argparse.Namespace, layer: int, cache: Path) ->
     steps = sum(step_only_seconds(cached_configs, cached.activations_store, n_steps).values())
     rate = {
         "streaming": opts.tokens / streaming,
+        "streaming_overlapped": opts.tokens / overlapped,
         "from_cache": opts.tokens / from_cache,
         "step_only": n_steps * opts.batch / steps,
     }
@@ -98,7 +109,8 @@ def throughput(model: Any, opts: argparse.Namespace, layer: int, cache: Path) ->
         "layers": list(ARCHITECTURES),
         "tokens_per_second": {k: round(v) for k, v in rate.items()},
         "fraction_of_step_only": {
-            k: round(rate[k] / rate["step_only"], 3) for k in ("streaming", "from_cache")
+            k: round(rate[k] / rate["step_only"], 3)
+            for k in ("streaming", "streaming_overlapped", "from_cache")
         },
     }
 

@@ -14,13 +14,30 @@ training tokens when a run is shorter) before serving, whatever ``n_batches_in_b
 a layer trained on batches drawn from a few documents at a time sees correlated, slowly
 drifting data and learns markedly worse (an MxD's ΔCE doubled with a 16k-token buffer:
 benchmarks/results/mixing.json).
+
+Overlap (SAELens's ``prefetch_llm_batches``): a background thread runs the buffer's refills, one
+model forward per store batch, ahead of the training step (:class:`BackgroundRefill`). The
+buffer takes the refills in the order the synchronous store makes them, so the batches are the
+same; a checkpoint records the stream position after the last refill the buffer *took*, so
+store batches still queued are recomputed on resumption and resumption stays exact.
+
+Data-parallel streaming (under torchrun): every rank reads the whole token stream, runs the
+model on its own ``1/N`` of the sequences of each store batch, and the ranks all-gather the
+activations, so every rank holds the one-process buffer and serves its ``1/N`` of each training
+batch. The N ranks together take exactly the steps of one process at the same batch size, and
+resume exactly, at the price of sending the activations between ranks and holding the whole
+buffer on each.
 """
 
 from __future__ import annotations
 
+import math
+import queue
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +47,13 @@ from sae_lens.training.activations_store import ActivationsStore
 from safetensors.torch import load_file, save_file
 from transformer_lens.hook_points import HookedRootModule
 
+from mxd_saelens.distributed import Distributed, check_shardable
 from mxd_saelens.hooks import MLPHooks
 from mxd_saelens.sae_lens_internals import input_token_device
 
 PAIRED_STATE_FILENAME = "paired_activations_state.safetensors"
 MIN_SHUFFLE_TOKENS = 2**17
+PREFETCH_THREAD_NAME = "mxd-saelens-prefetch"
 
 # SAELens's advice that does not apply to the bundled corpus: it is a few MB of raw text,
 # tokenized as it streams, and read for several epochs by design
@@ -70,12 +89,17 @@ class ShuffleBuffer:
         batch_rows: int,
         mix_fraction: float,
         seed: int,
+        rank: int = 0,
+        world_size: int = 1,
     ):
+        """With ``world_size`` > 1, every batch of ``batch_rows`` is cut in ``world_size``
+        consecutive shares and share ``rank`` is served."""
         if not 0 <= mix_fraction <= 1:
             raise ValueError(f"activations_mixing_fraction must be in [0, 1], got {mix_fraction}.")
         self.refill = refill
         self.buffer_rows = max(buffer_rows, batch_rows)
         self.batch_rows = batch_rows
+        self.share = slice(rank * batch_rows // world_size, (rank + 1) * batch_rows // world_size)
         self.mix_fraction = mix_fraction
         self.generator = torch.Generator().manual_seed(seed)
         self.storage: torch.Tensor | None = None
@@ -90,7 +114,7 @@ class ShuffleBuffer:
             self._serve_more()
         assert self.serving is not None
         batch, self.serving = self.serving[: self.batch_rows], self.serving[self.batch_rows :]
-        return batch
+        return batch[self.share]
 
     def _serve_more(self) -> None:
         storage = self.storage
@@ -118,6 +142,103 @@ class ShuffleBuffer:
         self.serving = state.get("serving")
 
 
+# the stream position after a refill: (sequences served, dataset rows read)
+Position = tuple[int, int]
+_STOPPED = object()
+
+
+class BackgroundRefill:
+    """A refill (one model forward per call) run ahead in a background thread, up to ``depth``
+    calls ahead: what overlaps the model's forward with the training step. torch's ops release
+    the GIL, so on a CPU the forward and the step run at once on the intra-op threads each
+    thread has (a new thread inherits ``torch.set_num_threads``).
+
+    The results come out in the order ``source`` makes them; ``position`` is the stream
+    position after the last result taken, read by ``read_position`` in the producing thread
+    right after each forward. ``paused()`` keeps the model free for another use (an
+    evaluation): the producer holds the same lock across each forward, since a
+    TransformerLens forward with hooks is not safe to run in two threads at once.
+
+    ``agree_to_stop(closed)`` (data-parallel runs) is called before every forward and says
+    whether any rank's producer was closed: each forward all-gathers across ranks, so the
+    producers must stop before the same one.
+    """
+
+    def __init__(
+        self,
+        source: Iterator[torch.Tensor],
+        read_position: Callable[[], Position],
+        depth: int,
+        agree_to_stop: Callable[[bool], bool] | None = None,
+    ):
+        if depth < 1:
+            raise ValueError(f"the prefetch depth must be at least 1, got {depth}.")
+        self.source = source
+        self.read_position = read_position
+        self.position = read_position()
+        self.depth = depth
+        self.agree_to_stop = agree_to_stop
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __call__(self) -> torch.Tensor:
+        if self._closed.is_set():
+            raise RuntimeError("the background refill was closed.")
+        if self._thread is None:  # started on first use, after any resumption has skipped
+            self._thread = threading.Thread(
+                target=self._produce, name=PREFETCH_THREAD_NAME, daemon=True
+            )
+            self._thread.start()
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        if item is _STOPPED:
+            raise RuntimeError(
+                "the background refill stopped: another process of the run closed its own."
+            )
+        rows, self.position = item
+        return rows
+
+    def _produce(self) -> None:
+        try:
+            while not self._should_stop():
+                with self._lock:
+                    item = (next(self.source), self.read_position())
+                self._put(item)
+            self._put(_STOPPED)
+        except BaseException as error:  # handed to the consumer, raised there
+            self._put(error)
+
+    def _should_stop(self) -> bool:
+        closed = self._closed.is_set()
+        return self.agree_to_stop(closed) if self.agree_to_stop is not None else closed
+
+    def _put(self, item: Any) -> None:
+        """Queue ``item``, or drop it once closed (checked every 50 ms while the queue is full)."""
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                pass
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """No forward runs in the background inside this block (waits for one in progress)."""
+        with self._lock:
+            yield
+
+    def close(self) -> None:
+        """Stop the producer and wait for it (at most one forward); queued results are dropped."""
+        self._closed.set()
+        if self._thread is not None:
+            self._thread.join()
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+
 def pair_columns(pairs: Sequence[MLPHooks]) -> list[slice]:
     """The columns of each pair's ``[x ‖ y]`` segment in a packed row."""
     slices, start = [], 0
@@ -137,7 +258,11 @@ class PairedActivationsStore(ActivationsStore):
     n_sequences_served: int
     shuffle_seed: int
     token_hash: Any = None  # a hashlib object fed every token sequence served, when set
+    prefetch: bool | int = False  # SAELens's prefetch_llm_batches (see prefetch_depth)
+    distributed: Distributed = Distributed()
+    data_group: Any = None  # the process group the activations are all-gathered on
     _buffer: ShuffleBuffer | None
+    _refill: BackgroundRefill | None = None
 
     @classmethod
     def from_runner_config(
@@ -146,7 +271,10 @@ class PairedActivationsStore(ActivationsStore):
         cfg: LanguageModelSAERunnerConfig[Any],
         hooks: MLPHooks | Sequence[MLPHooks],
         override_dataset: Any = None,
+        distributed: Distributed | None = None,
     ) -> PairedActivationsStore:
+        """``distributed``: this process's rank in a data-parallel run, which then runs the
+        model on its share of every store batch (see the module's docstring)."""
         if cfg.use_cached_activations:
             raise ValueError(
                 "PairedActivationsStore runs the model; a paired cache is read by "
@@ -160,6 +288,11 @@ class PairedActivationsStore(ActivationsStore):
             store = cls.from_config(model, cfg, override_dataset=override_dataset)
         assert isinstance(store, PairedActivationsStore)
         store._attach_pairs(pairs, cfg.seed)
+        store.prefetch = getattr(cfg, "prefetch_llm_batches", False)
+        if distributed is not None and distributed.enabled:
+            check_shardable(cfg.store_batch_size_prompts, distributed.world_size)
+            store.distributed = distributed
+            store.data_group = distributed.new_group()
         return store
 
     @classmethod
@@ -243,9 +376,15 @@ class PairedActivationsStore(ActivationsStore):
 
     @torch.no_grad()
     def get_activations(self, batch_tokens: torch.Tensor) -> torch.Tensor:
-        cache = self._capture(batch_tokens)
+        """``[batch, context, Σ (d_in + d_out)]`` packed rows of ``batch_tokens``; in a
+        data-parallel run this rank runs the model on its share of the sequences and the
+        shares are all-gathered, in rank order."""
+        world, rank = self.distributed.world_size, self.distributed.rank
+        share = batch_tokens.shape[0] // world
+        cache = self._capture(batch_tokens[rank * share : (rank + 1) * share])
         parts = [cache[n] for p in self.pairs for n in (p.hook_in, p.hook_out)]
-        return torch.cat(parts, dim=-1).to(self.device, self.dtype)
+        rows = torch.cat(parts, dim=-1).to(self.device, self.dtype)
+        return self.distributed.gather(rows, self.data_group)
 
     def get_batch_tokens(
         self,
@@ -260,27 +399,68 @@ class PairedActivationsStore(ActivationsStore):
         return tokens
 
     def get_data_loader(self) -> ShuffleBuffer:  # type: ignore[override]
+        self.close()
         activations = self._iterate_filtered_activations()
         # n_batches_in_buffer store batches (of store_batch_size_prompts sequences) are pooled
         # and shuffled together before any batch is served
         rows_per_store_batch = self.store_batch_size_prompts * self.training_context_size
+        buffer_rows = max(
+            self.n_batches_in_buffer * rows_per_store_batch,
+            min(self.min_shuffle_tokens, self.total_training_tokens),
+        )
+        refill: Callable[[], torch.Tensor] = activations.__next__
+        if self.prefetch:
+            depth = prefetch_depth(
+                self.prefetch,
+                buffer_rows - int(buffer_rows * self.activations_mixing_fraction),
+                rows_per_store_batch,
+            )
+            agree = None
+            if self.distributed.enabled:
+                agree = partial(self.distributed.any, group=self.data_group)
+            self._refill = BackgroundRefill(activations, self._position, depth, agree)
+            refill = self._refill
         self._buffer = ShuffleBuffer(
-            refill=lambda: next(activations),
-            buffer_rows=max(
-                self.n_batches_in_buffer * rows_per_store_batch,
-                min(self.min_shuffle_tokens, self.total_training_tokens),
-            ),
+            refill=refill,
+            buffer_rows=buffer_rows,
             batch_rows=self.train_batch_size_tokens,
             mix_fraction=self.activations_mixing_fraction,
             seed=self.shuffle_seed,
+            rank=self.distributed.rank,
+            world_size=self.distributed.world_size,
         )
         return self._buffer
+
+    def _position(self) -> Position:
+        return self.n_sequences_served, self.n_dataset_processed
+
+    def consumed_position(self) -> Position:
+        """The stream position of the rows the buffer has taken: the live position, less
+        whatever a background refill has computed ahead."""
+        return self._refill.position if self._refill is not None else self._position()
+
+    def model_paused(self) -> AbstractContextManager[None]:
+        """A block in which no background forward runs, so the model may be used otherwise."""
+        return self._refill.paused() if self._refill is not None else nullcontext()
+
+    def close(self) -> None:
+        """Stop a background refill (and its thread), if one runs."""
+        if self._refill is not None:
+            self._refill.close()
+            self._refill = None
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        # SAELens's record of dataset rows read, as of the rows the buffer took
+        return {"n_dataset_processed": torch.tensor(self.consumed_position()[1])}
 
     # --- checkpoints: the token position and the shuffle buffer ------------------------------
 
     def save_to_checkpoint(self, checkpoint_path: str | Path) -> None:
         super().save_to_checkpoint(checkpoint_path)
-        state = {"n_sequences_served": torch.tensor(self.n_sequences_served)}
+        state = {
+            "n_sequences_served": torch.tensor(self.consumed_position()[0]),
+            "world_size": torch.tensor(self.distributed.world_size),
+        }
         if self._buffer is not None:
             state.update({f"buffer.{k}": v for k, v in self._buffer.state_dict().items()})
         save_file(state, str(Path(checkpoint_path) / PAIRED_STATE_FILENAME))
@@ -293,6 +473,14 @@ class PairedActivationsStore(ActivationsStore):
                 "was only partly copied."
             )
         state = load_file(str(path))
+        saved_world = int(state.get("world_size", torch.tensor(1)))
+        if saved_world != self.distributed.world_size:
+            raise ValueError(
+                f"the checkpoint {checkpoint_path} was written by {saved_world} process(es); "
+                f"resume it with the same number (torchrun --nproc_per_node {saved_world}), not "
+                f"{self.distributed.world_size}."
+            )
+        self.close()  # the stream is moved below: nothing may be computed ahead of it
         self._skip_sequences(int(state["n_sequences_served"].item()))
         buffer_state = {
             k.removeprefix("buffer."): v for k, v in state.items() if k.startswith("buffer.")
@@ -311,3 +499,12 @@ class PairedActivationsStore(ActivationsStore):
                 self.iterable_sequences = self._iterate_tokenized_sequences()
                 next(self.iterable_sequences)
             self.n_sequences_served += 1
+
+
+def prefetch_depth(prefetch: bool | int, refill_rows: int, rows_per_store_batch: int) -> int:
+    """How many store batches a background refill computes ahead: ``True`` → as many as one
+    refill of the buffer takes (the buffer refills in bursts, so a single batch ahead would
+    overlap one forward of each burst), an int → that many."""
+    if prefetch is True:
+        return max(1, math.ceil(refill_rows / rows_per_store_batch))
+    return int(prefetch)

@@ -11,6 +11,7 @@ same permutation and packed side by side, as one shared forward packs them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,13 @@ class CachedPairedActivations:
         index = index[self.rank * share : (self.rank + 1) * share]
         rows = [as_tensor(file[index], self.cache.dtype) for file in self.files]
         return torch.cat(rows, dim=1).to(self.device)
+
+    def model_paused(self) -> AbstractContextManager[None]:
+        """Nothing runs in the background here (the interface of the streaming store)."""
+        return nullcontext()
+
+    def close(self) -> None:
+        """Nothing to stop (the interface of the streaming store)."""
 
     # --- checkpoints: the epoch and the position in it --------------------------------------
 

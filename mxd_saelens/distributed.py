@@ -1,8 +1,11 @@
 """Data-parallel training with ``torch.distributed`` (``torchrun --nproc_per_node N -m
-mxd_saelens train ... --cached_activations_path DIR``).
+mxd_saelens train ...``, from a paired activation cache or streaming from the model).
 
-Every rank holds the whole layer, reads its own ``1/N`` of every batch from a paired activation
-cache, and ``DistributedDataParallel`` averages the gradients; the loss is a mean over tokens,
+Every rank holds the whole layer and trains on its own ``1/N`` of every batch: read from a
+paired activation cache, or, when streaming, cut from the activations of one store batch whose
+forward the ranks share (each runs the model on ``1/N`` of its sequences and the activations
+are all-gathered: see :mod:`mxd_saelens.activations`). ``DistributedDataParallel`` averages
+the gradients; the loss is a mean over tokens,
 so N ranks at ``B/N`` tokens each take the step one process takes at ``B``. Firing statistics
 and the output bias's initial mean are summed over ranks, so every rank holds the same trainer
 state. Rank 0 alone logs, evaluates and writes (checkpoints, the final layer); a stop request
@@ -48,13 +51,13 @@ class Distributed:
             dist.init_process_group(backend=backend)
         return cls(rank=dist.get_rank(), world_size=dist.get_world_size())
 
-    def _reduce(self, tensor: Tensor, op: Any) -> None:
-        if dist.get_backend() == "nccl" and tensor.device.type != "cuda":  # NCCL: CUDA only
+    def _reduce(self, tensor: Tensor, op: Any, group: Any = None) -> None:
+        if dist.get_backend(group) == "nccl" and tensor.device.type != "cuda":  # NCCL: CUDA only
             on_device = tensor.cuda()
-            dist.all_reduce(on_device, op=op)
+            dist.all_reduce(on_device, op=op, group=group)
             tensor.copy_(on_device)
         else:
-            dist.all_reduce(tensor, op=op)
+            dist.all_reduce(tensor, op=op, group=group)
 
     def sum_(self, tensor: Tensor) -> Tensor:
         """``tensor`` summed over ranks, in place."""
@@ -62,13 +65,31 @@ class Distributed:
             self._reduce(tensor, dist.ReduceOp.SUM)
         return tensor
 
-    def any(self, flag: bool) -> bool:
+    def any(self, flag: bool, group: Any = None) -> bool:
         """Whether any rank's ``flag`` is set (every rank must call it at the same point)."""
         if not self.enabled:
             return flag
         value = torch.tensor([int(flag)])
-        self._reduce(value, dist.ReduceOp.MAX)
+        self._reduce(value, dist.ReduceOp.MAX, group)
         return bool(value.item())
+
+    def new_group(self) -> Any:
+        """A process group of every rank beside the default one: collectives on it may run in
+        another thread (a background refill's) while the training step uses the default group.
+        Every rank must call it at the same point."""
+        return dist.new_group() if self.enabled else None
+
+    def gather(self, tensor: Tensor, group: Any = None) -> Tensor:
+        """Every rank's ``tensor`` (the same shape on all), concatenated along dim 0 in rank
+        order, on ``tensor``'s device."""
+        if not self.enabled:
+            return tensor
+        nccl = dist.get_backend(group) == "nccl"
+        local = tensor.contiguous()
+        local = local.cuda() if nccl else local.cpu()  # NCCL: CUDA tensors; gloo: CPU
+        parts = [torch.empty_like(local) for _ in range(self.world_size)]
+        dist.all_gather(parts, local, group=group)
+        return torch.cat(parts).to(tensor.device)
 
     @torch.no_grad()
     def copy_from_main_(self, module: nn.Module) -> None:
@@ -108,11 +129,7 @@ def check_distributed_config(cfg: Any, distributed: Distributed) -> None:
     if not distributed.enabled:
         return
     if cfg.cached_activations_path is None:
-        raise ValueError(
-            f"data-parallel training ({distributed.world_size} processes) reads its batches "
-            "from a paired activation cache, each rank its own share: make one with "
-            "`mxd-saelens cache` and pass --cached_activations_path."
-        )
+        check_shardable(cfg.store_batch_size_prompts, distributed.world_size)
     if cfg.train_batch_size_tokens % distributed.world_size:
         raise ValueError(
             f"train_batch_size_tokens={cfg.train_batch_size_tokens} does not split evenly over "
@@ -122,4 +139,14 @@ def check_distributed_config(cfg: Any, distributed: Distributed) -> None:
         raise ValueError(
             f"normalize_activations={cfg.sae.normalize_activations!r} is not supported with "
             "several processes (each would estimate its own scale); use 'none'."
+        )
+
+
+def check_shardable(store_batch_size_prompts: int, world_size: int) -> None:
+    """A store batch's sequences must split evenly over the ranks that run the model on them."""
+    if store_batch_size_prompts % world_size:
+        raise ValueError(
+            f"store_batch_size_prompts={store_batch_size_prompts} does not split evenly over "
+            f"{world_size} processes (each runs the model on its share of every store batch); "
+            f"make it a multiple of {world_size}."
         )

@@ -16,6 +16,8 @@ own config, never on the other layers, so a layer trained with others is the lay
 alone. Resumption is exact and Ctrl-C saves one checkpoint holding every layer, as with the
 single runner. With ``cached_activations_path`` (shared by all), each layer reads its own
 block of one paired activation cache, every block in the same order, as from one forward.
+With ``prefetch_llm_batches`` (shared by all) the shared forward runs in a background thread,
+overlapped with the layers' steps, as in the single runner.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from mxd_saelens.evaluation import evaluate_layers, flatten_metrics
 from mxd_saelens.hooks import MLPHooks, resolve_mlp_hooks
 from mxd_saelens.paired_cache import open_cache_for, uses_cache
 from mxd_saelens.runner import (
+    ModelPaused,
     _check_widths,
     _stop_on_signals,
     build_training_layer,
@@ -386,7 +389,7 @@ class MultiPairedTrainingRunner:
                 layer_cfgs={n: c.to_sae_trainer_config() for n, c in self.cfgs.items()},
                 saes=self.saes,
                 data_provider=provider,
-                evaluator=self.evaluator,
+                evaluator=ModelPaused(self.evaluator, self.activations_store),
                 save_checkpoint_fn=self._save_checkpoint_files,
                 snapshot_tokens=self.snapshot_tokens,
                 snapshot_fn=self._save_snapshot,
@@ -403,6 +406,7 @@ class MultiPairedTrainingRunner:
             for name, sae in saes.items():
                 self._save_final(name, sae, trainer)
         finally:
+            self.activations_store.close()  # a background refill's thread ends with the run
             if log_to_wandb:
                 wandb.finish()
         return saes

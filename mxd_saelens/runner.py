@@ -14,6 +14,12 @@ With ``cfg.cached_activations_path`` set, the batches come from a paired activat
 (:mod:`mxd_saelens.cache`) instead of the model's forward; the cache is checked against the
 layer's model, block, widths and dtype before the model loads, and the MLP check runs on cached
 rows. The model is still loaded for the splice evaluation (and an MxD's warm start).
+
+``cfg.prefetch_llm_batches`` (SAELens's field; ``--prefetch_llm_batches True``) runs the
+streaming store's model forwards in a background thread, overlapped with the training steps,
+with the same batches and exact resumption (:class:`~mxd_saelens.activations.BackgroundRefill`);
+evaluations pause it. Off by default, as in SAELens: it holds up to one refill of the buffer
+in memory beside the buffer, and on a CPU the forward and the step share the same cores.
 """
 
 from __future__ import annotations
@@ -97,6 +103,19 @@ class SpliceEvaluator:
         return flatten_metrics(metrics)
 
 
+@dataclass
+class ModelPaused:
+    """An evaluator run with the store's background forwards paused: the evaluation runs the
+    model too, with hooks of its own."""
+
+    evaluator: Any
+    store: PairedActivationsStore | CachedPairedActivations
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self.store.model_paused():
+            return self.evaluator(*args, **kwargs)
+
+
 def check_runner_config(cfg: LanguageModelSAERunnerConfig[Any]) -> None:
     """Reject the SAELens options that paired training cannot honour, saying why."""
     norm = cfg.sae.normalize_activations
@@ -107,11 +126,7 @@ def check_runner_config(cfg: LanguageModelSAERunnerConfig[Any]) -> None:
             f"{SUPPORTED_NORMALIZATIONS} (the scale is applied to both and folded into the "
             "saved layer)."
         )
-    if cfg.prefetch_llm_batches:
-        raise ValueError(
-            "prefetch_llm_batches is not supported by PairedTrainingRunner (a background "
-            "producer would make resumption inexact); set it to False."
-        )
+    _check_prefetch(cfg)
     if cfg.hook_head_index is not None:
         raise ValueError("hook_head_index does not apply to MLP hooks; leave it as None.")
     init = getattr(cfg.sae, "init", "paper")
@@ -129,6 +144,20 @@ def check_runner_config(cfg: LanguageModelSAERunnerConfig[Any]) -> None:
     for field, device in (("device", cfg.device), ("llm_device", cfg.llm_device)):
         if device is not None:
             _check_device(field, device)
+
+
+def _check_prefetch(cfg: LanguageModelSAERunnerConfig[Any]) -> None:
+    prefetch = getattr(cfg, "prefetch_llm_batches", False)
+    if not isinstance(prefetch, int) or prefetch < 0:  # bool is an int
+        raise ValueError(
+            f"prefetch_llm_batches={prefetch!r} must be True, False or a number of store "
+            "batches to compute ahead (0 is off)."
+        )
+    if prefetch and uses_cache(cfg):
+        raise ValueError(
+            "prefetch_llm_batches overlaps the model's forward with training, but with "
+            "cached_activations_path there is no forward: set it to False."
+        )
 
 
 def _check_numbers(cfg: LanguageModelSAERunnerConfig[Any]) -> None:
@@ -253,7 +282,7 @@ def paired_data(
     """The training batches: from the cache when there is one, else from the model."""
     if cache is None:
         return PairedActivationsStore.from_runner_config(
-            model, cfg, list(pairs), override_dataset=dataset
+            model, cfg, list(pairs), override_dataset=dataset, distributed=distributed
         )
     epochs = cfg.training_tokens / cache.n_tokens
     logger.info(f"training from {cache.path}: {cache.n_tokens} tokens, {epochs:.2f} epochs")
@@ -469,6 +498,12 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
             warm_start_from_model(self.sae, self.model, self.hooks, sample, self.cfg.seed)
 
     def run(self) -> TrainingSAE[Any]:
+        try:
+            return self._run()
+        finally:  # a background refill's thread ends with the run, however it ends
+            self.activations_store.close()
+
+    def _run(self) -> TrainingSAE[Any]:
         self._set_sae_metadata()
         main = self.distributed.is_main  # the one process that logs, evaluates and writes
         log_to_wandb = self.cfg.logger.log_to_wandb and main
@@ -483,7 +518,7 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
             cfg=trainer_cfg,
             sae=self.sae,
             data_provider=self.activations_store,
-            evaluator=self.evaluator,  # type: ignore[arg-type]
+            evaluator=ModelPaused(self.evaluator, self.activations_store),  # type: ignore[arg-type]
             save_checkpoint_fn=self.save_checkpoint,
             distributed=self.distributed,
         )

@@ -264,10 +264,18 @@ CASES: list[Case] = [
         "not supported",
     ),
     Case(
-        "background prefetching",
-        lambda ws: _train(ws, prefetch_llm_batches=True),
+        "background prefetching when training from a cache",
+        lambda ws: _train(
+            ws, prefetch_llm_batches=True, cached_activations_path=str(ws.out("no_cache"))
+        ),
         ValueError,
-        "prefetch_llm_batches",
+        "prefetch_llm_batches overlaps the model's forward .* there is no forward",
+    ),
+    Case(
+        "a fractional number of batches to prefetch",
+        lambda ws: _train(ws, prefetch_llm_batches=2.5),
+        ValueError,
+        "prefetch_llm_batches=2.5 must be True, False or a number",
     ),
     Case(
         "attention head index on an MLP hook",

@@ -1,5 +1,6 @@
-"""Data-parallel training under torchrun (two CPU processes, gloo): the same layer as one
-process at twice the per-process batch, one checkpoint on Ctrl-C, and an exact resumption."""
+"""Data-parallel training under torchrun (two CPU processes, gloo), from a cache and streaming
+from the model (with and without overlap): the same layer as one process at twice the
+per-process batch, one checkpoint on Ctrl-C, and an exact resumption."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from mxd_saelens.cli import main
+from mxd_saelens.config import runner_config
+from mxd_saelens.distributed import Distributed, check_distributed_config
 
 TRAIN = (
     "train --layer 2 --n_experts 64 --k 4 --train_batch_size_tokens 1024 --n_eval_batches 1 "
@@ -101,3 +104,61 @@ def test_ctrl_c_stops_both_processes_with_one_checkpoint_and_resumes_exactly(cac
     # another number of processes would read other shares of each batch: refused
     alone = f"{common} --checkpoint_path None --resume_from_checkpoint {checkpoints[0]}"
     assert main(shlex.split(alone)) == 2
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_streaming_two_processes_at_half_the_batch_train_the_one_process_layer(tmp_path, overlap):
+    # each process runs the model on 16 of every 32 sequences; the activations are gathered,
+    # so both hold the one-process buffer and train on their half of each batch
+    common = f"{TRAIN} --training_tokens 8192 --dataset_path zoo"
+    two = f"{common} --output_path {tmp_path / 'two'} --prefetch_llm_batches {overlap}"
+    run_to_end(two, tmp_path)
+    one = f"{common} --output_path {tmp_path / 'one'} --checkpoint_path {tmp_path / 'ck'}"
+    assert main(shlex.split(one)) == 0
+    assert_close(weights(tmp_path / "two"), weights(tmp_path / "one"), rtol=1e-4, atol=1e-6)
+
+
+def test_streaming_ctrl_c_with_overlap_stops_both_processes_and_resumes_exactly(tmp_path):
+    common = f"{TRAIN} --training_tokens 163840 --dataset_path zoo --prefetch_llm_batches True"
+    run_to_end(f"{common} --output_path {tmp_path / 'straight'} --checkpoint_path None", tmp_path)
+
+    log = tmp_path / "interrupted.log"
+    with open(log, "w") as out:
+        run = torchrun(
+            f"{common} --output_path {tmp_path / 'resumed'} --checkpoint_path {tmp_path / 'ck'}",
+            tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 300
+        while "Training SAE" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        os.killpg(run.pid, signal.SIGINT)
+        run.wait(timeout=120)  # the background forwards stop too: the processes exit
+    text = log.read_text()
+    assert run.returncode != 0, text[-3000:]
+    checkpoints = [p.parent for p in (tmp_path / "ck").rglob("trainer_state.pt")]
+    assert len(checkpoints) == 1, (checkpoints, text[-3000:])
+    assert text.count("training interrupted; resume with") == 2
+    assert 0 < int(checkpoints[0].name) < 163840
+
+    run_to_end(f"{common} --output_path {tmp_path / 'resumed'} --checkpoint_path None "
+               f"--resume_from_checkpoint {checkpoints[0]}", tmp_path)  # fmt: skip
+    assert_close(weights(tmp_path / "resumed"), weights(tmp_path / "straight"), rtol=0, atol=0)
+
+    alone = f"{common} --checkpoint_path None --resume_from_checkpoint {checkpoints[0]}"
+    assert main(shlex.split(alone)) == 2  # another number of processes: refused
+
+
+def test_streaming_store_batches_must_split_over_the_processes():
+    def config(prompts: int):
+        return runner_config(
+            "mxd", model_name="tiny-gelu", layer=2, n_experts=64, k=4,
+            store_batch_size_prompts=prompts,
+        )  # fmt: skip
+
+    with pytest.raises(ValueError, match="store_batch_size_prompts=5 does not split evenly"):
+        check_distributed_config(config(5), Distributed(rank=0, world_size=2))
+    check_distributed_config(config(6), Distributed(rank=0, world_size=2))

@@ -1,7 +1,9 @@
 """Splice every layer that ``benchmarks/train_layers.py`` saved (and, with ``--snapshots``, every
 snapshot) into its model on the bundled held-out split and write one JSON: each layer's ΔCE, KL,
-NMSE, L0 and dead fraction with standard errors, and paired comparisons of each MxD against the
-transcoders trained beside it at the same k and learning rate.
+NMSE, L0 and dead fraction with standard errors, the specialisation of its codes (probe F1 ± SE,
+top-32 share, effective codes, Jaccard overlaps; ``--no_specialisation`` to skip), and paired
+comparisons of each MxD against the transcoders trained beside it at the same k and learning
+rate.
 
     python benchmarks/evaluate_layers.py --work_dir benchmarks/layers/lr_sweep \\
         --snapshots --out benchmarks/results/lr_sweep.json
@@ -23,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.common import write_result
 from mxd_saelens import zoo
 from mxd_saelens.evaluation import evaluate_layers
-from mxd_saelens.report import format_comparisons, format_table
+from mxd_saelens.report import format_comparisons, format_specialisation, format_table
+from mxd_saelens.specialisation import add_specialisation, layer_specialisation
 from mxd_saelens.tokens import token_sequences
 
 
@@ -89,6 +92,9 @@ def main() -> None:
         action="store_true",
         help="compare each MxD with every transcoder of its k, whatever their learning rates",
     )
+    parser.add_argument(
+        "--no_specialisation", action="store_true", help="skip probing and usage metrics"
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", required=True)
     opts = parser.parse_args()
@@ -128,6 +134,8 @@ def main() -> None:
     started = time.perf_counter()
     evaluation = evaluate_layers(model, layers, tokens, batch_size=opts.batch_size)
     seconds = time.perf_counter() - started
+    if not opts.no_specialisation:
+        add_specialisation(evaluation.rows, layer_specialisation(model, layers))
 
     pairs = paired_names(specs, opts.pairs, by_k=opts.pair_by_k)
     by_stage: dict[str, Any] = {}
@@ -148,6 +156,8 @@ def main() -> None:
         by_stage[str(tokens_seen)] = {"rows": rows, "comparisons": comparisons}
         print(f"\n== after {tokens_seen:,} tokens")
         print(format_table(rows))
+        if not opts.no_specialisation:
+            print(format_specialisation(rows))
         if comparisons:
             print(format_comparisons(comparisons))
     final = by_stage[str(max(stage_tokens))]

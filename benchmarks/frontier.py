@@ -22,6 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.common import write_result
+from mxd_saelens.specialisation import SPECIALISATION_FIELDS
 
 KEEP = (
     "name",
@@ -43,6 +44,7 @@ KEEP = (
     "n_tokens",
     "training_tokens",
     "lr_decay_steps",
+    *SPECIALISATION_FIELDS,
 )
 SHORT = {"mxd": "MxD", "topk_transcoder": "TopK TC", "topk_skip_transcoder": "skip TC"}
 
@@ -136,6 +138,29 @@ def markdown(model: str, result: dict[str, Any]) -> str:
             f"| {m['dead_fraction']:.0%}, {t['dead_fraction']:.0%}, {s['dead_fraction']:.0%} "
             f"| {_recipe(m)}, {_recipe(t)}, {_recipe(s)} |"
         )
+    return "\n".join(lines)
+
+
+def _specialisation_cell(row: dict[str, Any]) -> str:
+    if row.get("probe_f1") is None:
+        return "-"
+    return (
+        f"{row['probe_f1']:.3f} ± {row['probe_f1_se']:.3f}, {row['top_share']:.2f}, "
+        f"{row['effective_experts']:.0f}"
+    )
+
+
+def specialisation_markdown(result: dict[str, Any]) -> str:
+    """Per k and architecture: probe F1 ± SE, top-32 share and effective number of codes, for
+    the frontier's layers still on disk when they were measured (``-`` otherwise)."""
+    by = {(r["architecture"], r["k"]): r for r in result["rows"]}
+    lines = [
+        "| k | MxD: probe F1, top-32 share, effective | TopK TC | skip TC |",
+        "|---|---|---|---|",
+    ]
+    for k in sorted({key[1] for key in by}):
+        cells = [_specialisation_cell(by[(a, k)]) if (a, k) in by else "-" for a in SHORT]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -236,6 +261,8 @@ def main() -> None:
     for model, result in results.items():
         print()
         print(markdown(model, result))
+        print()
+        print(specialisation_markdown(result))
     if opts.budget_from is not None:
         group = by_model[opts.budget_from]
         evaluation = group[0]

@@ -64,7 +64,8 @@ class CacheConfig:
     output_path: str = "activations"
     """The cache folder to create (it must not exist yet)."""
     dtype: str = choice("float32", "bfloat16", default="float32")
-    """Storage dtype; bfloat16 halves the size, and a layer trained from it needs dtype=bfloat16."""
+    """Storage dtype; bfloat16 halves the size, and a float32 layer trains from it on the stored
+    values widened."""
     context_size: int = 128
     """Tokens per sequence."""
     store_batch_size_prompts: int = 32

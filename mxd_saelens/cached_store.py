@@ -37,8 +37,9 @@ class CachedPairedActivations:
         device: str | torch.device = "cpu",
         rank: int = 0,
         world_size: int = 1,
+        dtype: torch.dtype | None = None,
     ):
-        """With ``world_size`` > 1, every batch of ``batch_rows`` is split in ``world_size``
+        """Rows are served as ``dtype`` (default: the cache's). With ``world_size`` > 1, every batch of ``batch_rows`` is split in ``world_size``
         consecutive shares and this iterator serves share ``rank``: together the ranks read
         exactly the batches one process would."""
         if cache.n_tokens < batch_rows:
@@ -54,6 +55,7 @@ class CachedPairedActivations:
         self.batch_rows = batch_rows
         self.seed = seed
         self.device = torch.device(device)
+        self.dtype = dtype
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.position = 0  # rows of this epoch already served, by all ranks together
@@ -86,7 +88,7 @@ class CachedPairedActivations:
         share = self.batch_rows // self.world_size
         index = index[self.rank * share : (self.rank + 1) * share]
         rows = [as_tensor(file[index], self.cache.dtype) for file in self.files]
-        return torch.cat(rows, dim=1).to(self.device)
+        return torch.cat(rows, dim=1).to(self.device, self.dtype)
 
     def model_paused(self) -> AbstractContextManager[None]:
         """Nothing runs in the background here (the interface of the streaming store)."""

@@ -175,6 +175,16 @@ class PairedCache:
         return cache
 
 
+PRECISION = {"bfloat16": 0, "float32": 1, "torch.float32": 1, "float64": 2, "torch.float64": 2}
+
+
+def readable_as(stored: str, layer_dtype: str) -> bool:
+    """Whether a layer of ``layer_dtype`` may train from rows stored as ``stored``: at the same
+    precision or a wider one (a bfloat16 cache, half the disk, for a float32 layer: the rows are
+    widened on read), never a narrower one."""
+    return PRECISION.get(layer_dtype.removeprefix("torch."), -1) >= PRECISION[stored]
+
+
 def as_tensor(rows: np.ndarray, dtype: str) -> torch.Tensor:
     """Rows read from a block file as a tensor of the cache's dtype."""
     if not rows.flags.writeable:  # a view of the read-only map: torch wants its own copy
@@ -251,9 +261,10 @@ def check_cache_for_layer(cache: PairedCache, cfg: Any, wants: LayerWants) -> No
             f"but the layer maps d_in={wants.d_in} → d_out={wants.d_out}: set "
             f"d_in={entry.d_in} and d_out={entry.d_out}."
         )
-    if wants.dtype != cache.dtype:
+    if not readable_as(cache.dtype, wants.dtype):
         raise CacheMismatch(
-            f"{where} stores {cache.dtype}, but the config has dtype={wants.dtype!r}: set "
+            f"{where} stores {cache.dtype}, but the config has dtype={wants.dtype!r}, which "
+            f"would discard the precision the cache was written with: set "
             f"dtype={cache.dtype!r} (--dtype {cache.dtype}) to train from it, or cache again "
             f"with --dtype {wants.dtype}."
         )

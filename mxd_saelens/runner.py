@@ -295,6 +295,7 @@ def paired_data(
         cfg.device,
         rank=distributed.rank,
         world_size=distributed.world_size,
+        dtype=DTYPE_MAP[cfg.dtype],
     )
 
 

@@ -29,7 +29,7 @@ from sae_lens import SAE
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.common import write_result
 from mxd_saelens import zoo
-from mxd_saelens.evaluation import evaluate_layers
+from mxd_saelens.evaluation import Evaluation, evaluate_layers
 from mxd_saelens.probing import compare_probes
 from mxd_saelens.report import format_comparisons, format_specialisation, format_table
 from mxd_saelens.specialisation import add_specialisation, layer_specialisation
@@ -65,6 +65,22 @@ def load_runs(work_dirs: list[Path]) -> tuple[str, list[dict], dict, dict[int, d
     return models.pop(), runs, layers, dict(sorted(by_tokens.items()))
 
 
+def evaluate_in_chunks(
+    model: Any, layers: dict[str, Any], tokens: torch.Tensor, batch_size: int, chunk: int
+) -> Evaluation:
+    """``evaluate_layers`` on ``chunk`` layers at a time (its memory grows with the number of
+    layers), merged: every chunk sees the same tokens, so the comparisons stay paired."""
+    rows: list[dict[str, Any]] = []
+    metrics: dict[str, Any] = {}
+    names = list(layers)
+    for start in range(0, len(names), chunk):
+        part = {name: layers[name] for name in names[start : start + chunk]}
+        evaluation = evaluate_layers(model, part, tokens, batch_size=batch_size)
+        rows += evaluation.rows
+        metrics |= evaluation.metrics
+    return Evaluation(rows=rows, metrics=metrics)
+
+
 def evaluate_model(opts: argparse.Namespace) -> dict[str, Any]:
     model_name, runs, configs, by_tokens = load_runs([Path(w) for w in opts.work_dirs])
     model = zoo.load(model_name)
@@ -77,7 +93,7 @@ def evaluate_model(opts: argparse.Namespace) -> dict[str, Any]:
     reference = SAE.load_from_disk(opts.reference) if opts.reference else None
     if reference is not None:
         layers[REFERENCE] = reference
-    evaluation = evaluate_layers(model, layers, tokens, batch_size=opts.batch_size)
+    evaluation = evaluate_in_chunks(model, layers, tokens, opts.batch_size, opts.chunk)
     found = layer_specialisation(model, layers, per_class=opts.per_class)
     add_specialisation(evaluation.rows, found)
     rows_by_name = {row["name"]: row for row in evaluation.rows}
@@ -125,7 +141,8 @@ def main() -> None:
     parser.add_argument("--reference", default=None, help="a saved layer to compare against")
     parser.add_argument("--n_sequences", type=int, default=None, help="default: all held-out")
     parser.add_argument("--per_class", type=int, default=100, help="probing texts per class")
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--chunk", type=int, default=6, help="layers spliced per pass")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", required=True)
     opts = parser.parse_args()

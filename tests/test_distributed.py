@@ -70,10 +70,11 @@ def test_two_processes_at_half_the_batch_train_the_one_process_layer(cache, tmp_
     assert_close(weights(tmp_path / "two"), weights(tmp_path / "one"), rtol=1e-4, atol=1e-6)
 
 
-def test_ctrl_c_stops_both_processes_with_one_checkpoint_and_resumes_exactly(cache, tmp_path):
-    common = f"{TRAIN} --training_tokens 409600 --cached_activations_path {cache}"
+def interrupt_and_resume_exactly(common: str, tokens: int, tmp_path) -> None:
+    """Run ``common`` straight, then again under torchrun with Ctrl-C once training has started:
+    both processes stop with one checkpoint and nothing final written, the resumed run equals
+    the straight one bit for bit, and a resumption with one process is refused."""
     run_to_end(f"{common} --output_path {tmp_path / 'straight'} --checkpoint_path None", tmp_path)
-
     log = tmp_path / "interrupted.log"
     with open(log, "w") as out:
         run = torchrun(
@@ -88,14 +89,14 @@ def test_ctrl_c_stops_both_processes_with_one_checkpoint_and_resumes_exactly(cac
             time.sleep(0.2)
         time.sleep(1.0)
         os.killpg(run.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group gets SIGINT
-        run.wait(timeout=120)
+        run.wait(timeout=120)  # background forwards, if any, stop too: the processes exit
     text = log.read_text()
     assert run.returncode != 0, text[-3000:]
     checkpoints = [p.parent for p in (tmp_path / "ck").rglob("trainer_state.pt")]
     assert len(checkpoints) == 1, (checkpoints, text[-3000:])
     assert not (tmp_path / "resumed" / "cfg.json").exists()  # nothing final written
     assert text.count("training interrupted; resume with") == 2  # both ranks stopped there
-    assert 0 < int(checkpoints[0].name) < 409600
+    assert 0 < int(checkpoints[0].name) < tokens
 
     run_to_end(f"{common} --output_path {tmp_path / 'resumed'} --checkpoint_path None "
                f"--resume_from_checkpoint {checkpoints[0]}", tmp_path)  # fmt: skip
@@ -104,6 +105,11 @@ def test_ctrl_c_stops_both_processes_with_one_checkpoint_and_resumes_exactly(cac
     # another number of processes would read other shares of each batch: refused
     alone = f"{common} --checkpoint_path None --resume_from_checkpoint {checkpoints[0]}"
     assert main(shlex.split(alone)) == 2
+
+
+def test_ctrl_c_stops_both_processes_with_one_checkpoint_and_resumes_exactly(cache, tmp_path):
+    common = f"{TRAIN} --training_tokens 409600 --cached_activations_path {cache}"
+    interrupt_and_resume_exactly(common, 409600, tmp_path)
 
 
 @pytest.mark.parametrize("overlap", [False, True])
@@ -120,36 +126,7 @@ def test_streaming_two_processes_at_half_the_batch_train_the_one_process_layer(t
 
 def test_streaming_ctrl_c_with_overlap_stops_both_processes_and_resumes_exactly(tmp_path):
     common = f"{TRAIN} --training_tokens 163840 --dataset_path zoo --prefetch_llm_batches True"
-    run_to_end(f"{common} --output_path {tmp_path / 'straight'} --checkpoint_path None", tmp_path)
-
-    log = tmp_path / "interrupted.log"
-    with open(log, "w") as out:
-        run = torchrun(
-            f"{common} --output_path {tmp_path / 'resumed'} --checkpoint_path {tmp_path / 'ck'}",
-            tmp_path,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 300
-        while "Training SAE" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(1.0)
-        os.killpg(run.pid, signal.SIGINT)
-        run.wait(timeout=120)  # the background forwards stop too: the processes exit
-    text = log.read_text()
-    assert run.returncode != 0, text[-3000:]
-    checkpoints = [p.parent for p in (tmp_path / "ck").rglob("trainer_state.pt")]
-    assert len(checkpoints) == 1, (checkpoints, text[-3000:])
-    assert text.count("training interrupted; resume with") == 2
-    assert 0 < int(checkpoints[0].name) < 163840
-
-    run_to_end(f"{common} --output_path {tmp_path / 'resumed'} --checkpoint_path None "
-               f"--resume_from_checkpoint {checkpoints[0]}", tmp_path)  # fmt: skip
-    assert_close(weights(tmp_path / "resumed"), weights(tmp_path / "straight"), rtol=0, atol=0)
-
-    alone = f"{common} --checkpoint_path None --resume_from_checkpoint {checkpoints[0]}"
-    assert main(shlex.split(alone)) == 2  # another number of processes: refused
+    interrupt_and_resume_exactly(common, 163840, tmp_path)
 
 
 def test_streaming_store_batches_must_split_over_the_processes():

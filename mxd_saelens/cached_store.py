@@ -39,9 +39,9 @@ class CachedPairedActivations:
         world_size: int = 1,
         dtype: torch.dtype | None = None,
     ):
-        """Rows are served as ``dtype`` (default: the cache's). With ``world_size`` > 1, every batch of ``batch_rows`` is split in ``world_size``
-        consecutive shares and this iterator serves share ``rank``: together the ranks read
-        exactly the batches one process would."""
+        """Rows are served as ``dtype`` (default: the cache's). With ``world_size`` > 1, every
+        batch of ``batch_rows`` is split in ``world_size`` consecutive shares and this iterator
+        serves share ``rank``: together the ranks read exactly the batches one process would."""
         if cache.n_tokens < batch_rows:
             raise ValueError(
                 f"the activation cache {cache.path} holds {cache.n_tokens} tokens, fewer than "

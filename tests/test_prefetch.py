@@ -33,20 +33,16 @@ def prefetch_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == PREFETCH_THREAD_NAME and t.is_alive()]
 
 
+def mxd_config(**fields):
+    """A small MxD on the tiny model's block, without wandb."""
+    return runner_config(
+        "mxd", hook_name=HOOK_IN, d_in=D, n_experts=64, k=4, d_hidden=H, log_to_wandb=False,
+        **fields, **SMALL_RUN,
+    )  # fmt: skip
+
+
 def store(model, dataset, prefetch: bool | int) -> PairedActivationsStore:
-    cfg = runner_config(
-        "mxd",
-        hook_name=HOOK_IN,
-        d_in=D,
-        n_experts=64,
-        k=4,
-        d_hidden=H,
-        training_tokens=256 * 40,
-        log_to_wandb=False,
-        seed=3,
-        prefetch_llm_batches=prefetch,
-        **SMALL_RUN,
-    )
+    cfg = mxd_config(training_tokens=256 * 40, seed=3, prefetch_llm_batches=prefetch)
     return PairedActivationsStore.from_runner_config(
         model, cfg, resolve_mlp_hooks(model, hook_in=HOOK_IN), override_dataset=dataset
     )
@@ -264,17 +260,8 @@ def test_flag_on_the_command_line():
 
 
 def test_overlap_with_a_cache_is_refused_before_the_model_loads(tmp_path):
-    cfg = runner_config(
-        "mxd",
-        hook_name=HOOK_IN,
-        d_in=D,
-        n_experts=64,
-        k=4,
-        d_hidden=H,
-        log_to_wandb=False,
-        prefetch_llm_batches=True,
-        cached_activations_path=str(tmp_path / "no_such_cache"),
-        **SMALL_RUN,
+    cfg = mxd_config(
+        prefetch_llm_batches=True, cached_activations_path=str(tmp_path / "no_such_cache")
     )
     with pytest.raises(ValueError, match="there is no forward"):
         PairedTrainingRunner(cfg)

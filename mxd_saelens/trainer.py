@@ -4,7 +4,9 @@
   and evaluation schedule exactly where the interrupted one stopped.
 - A stop request (Ctrl-C, SIGTERM) is honoured at the next step boundary: the trainer saves a
   checkpoint and raises :class:`TrainingInterrupted`, so no step is half-applied.
-- An MxD's expert vectors go back to unit norm after every optimiser step.
+- An MxD's expert vectors go back to unit norm after every optimiser step, and a layer with
+  ``balance_rate > 0`` has its selection bias nudged toward balanced usage
+  (:func:`mxd_saelens.saes.paired.balance_selection_bias`).
 - Logged: the dead fraction of experts or latents beside SAELens's dead count.
 - The firing statistics of a layer with sparse codes are counted from the codes' indices: the
   same numbers as SAELens's reductions over a ``[tokens, d_sae]`` sparse tensor, which would
@@ -35,6 +37,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 from torch import Tensor
 
 from mxd_saelens.distributed import Distributed, data_parallel
+from mxd_saelens.saes.paired import balance_selection_bias
 
 
 @contextmanager
@@ -164,20 +167,27 @@ class PairedSAETrainer(RunEndMixin, SAETrainer[Any, Any]):
                     is_logging_step=self._is_logging_step(),
                 )
             )
-            self._count_firing(output.feature_acts)
+            counts = self._count_firing(output.feature_acts)
         output.loss.backward()
         torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad()
+        self._balance_selection(sae, counts)
         self.lr_scheduler.step()
         for scheduler in self.coefficient_schedulers.values():
             scheduler.step()
         return output
 
+    @staticmethod
+    def _balance_selection(sae: TrainingSAE[Any], counts: Tensor) -> None:
+        rate = getattr(sae.cfg, "balance_rate", 0.0)
+        if rate:
+            balance_selection_bias(sae.selection_bias(), counts, rate, sae.cfg.balance_mode)  # type: ignore[attr-defined]
+
     @torch.no_grad()
-    def _count_firing(self, feature_acts: Tensor) -> None:
+    def _count_firing(self, feature_acts: Tensor) -> Tensor:
         """How often each feature fired in this batch (``[tokens, d_sae]`` codes, dense or
-        sparse COO), into SAELens's running statistics."""
+        sparse COO), into SAELens's running statistics; returns the counts over every rank."""
         if feature_acts.is_sparse:
             fired = feature_acts._values() != 0  # uncoalesced: each (token, unit) entry once
             units = feature_acts._indices()[-1][fired]
@@ -189,6 +199,7 @@ class PairedSAETrainer(RunEndMixin, SAETrainer[Any, Any]):
         self.n_forward_passes_since_fired[counts > 0] = 0
         self.act_freq_scores += counts.to(self.act_freq_scores.dtype)
         self.n_frac_active_samples += self.cfg.train_batch_size_samples
+        return counts
 
     def build_train_step_log_dict(
         self, output: TrainStepOutput, n_training_samples: int

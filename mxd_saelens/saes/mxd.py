@@ -60,6 +60,7 @@ from mxd_saelens.saes.paired import (
     LayerOutput,
     PairedTrainingFields,
     PairedTrainingSAE,
+    SelectionBalanceFields,
     dead_feature_aux_loss,
     paired_training_forward_pass,
 )
@@ -344,7 +345,7 @@ class MxD(MxDModule, SAE[MxDConfig]):
 
 @dataclass(kw_only=True)
 class MxDTrainingSAEConfig(
-    TrainingSAEConfig, MxDFields, PairedTrainingFields, DeadFeatureAuxFields
+    TrainingSAEConfig, MxDFields, PairedTrainingFields, DeadFeatureAuxFields, SelectionBalanceFields
 ):
     """Training config of an MxD layer (adds the loss and the opt-in dead-expert auxiliary loss;
     saves as ``"mxd"``)."""
@@ -370,6 +371,7 @@ class MxDTrainingSAEConfig(
         self.d_sae = self._resolve_mxd_shape(self.d_in, self.d_sae)
         self._validate_loss()
         self._validate_dead_feature_aux(self.d_sae)
+        self._validate_balance()
         check_init(self.init)
         if not self.init_noise >= 0:
             raise ValueError(f"init_noise={self.init_noise} must be non-negative.")
@@ -431,6 +433,10 @@ class MxDTrainingSAE(MxDModule, PairedTrainingSAE):
         """Put every expert vector c_n back on the unit sphere."""
         self.W_experts.div_(self.W_experts.norm(dim=-1, keepdim=True).clamp_min(1e-12))
         self._unit_experts_key = self._experts_key()
+
+    def selection_bias(self) -> Tensor:
+        """The bias that decides which experts enter the top k: the gate's."""
+        return self.b_gate
 
     def _experts_key(self) -> tuple[int, int]:
         # an in-place write (optimiser step, load_state_dict) bumps the version counter

@@ -8,7 +8,9 @@ output, not the input.
 
 Beyond the MxD paper (which has no dead-feature handling): an opt-in auxiliary loss in the style of
 TopK SAEs (Gao et al. 2024, "AuxK") that makes the features flagged dead predict the residual of
-the main output (:class:`DeadFeatureAuxFields`, :func:`dead_feature_aux_loss`).
+the main output (:class:`DeadFeatureAuxFields`, :func:`dead_feature_aux_loss`); and a controller
+on the bias that selects the top k, nudged after every step toward balanced usage
+(:class:`SelectionBalanceFields`, :func:`balance_selection_bias`).
 """
 
 from __future__ import annotations
@@ -73,6 +75,53 @@ class DeadFeatureAuxFields:
                 "dead_feature_aux_coefficient must be non-negative, got "
                 f"{self.dead_feature_aux_coefficient}."
             )
+
+
+BALANCE_MODES: tuple[str, ...] = ("sign", "revive")
+
+
+@dataclass(kw_only=True)
+class SelectionBalanceFields:
+    """Usage balancing of the codes that compete for the top k (beyond the MxD paper).
+
+    A code whose ReLU'd pre-activation is below zero on every token never fires and gets no
+    gradient, so once Adam has pushed its bias down it stays dead. After every optimiser step
+    the bias that selects the codes (an MxD's gate bias, a transcoder's encoder bias) is nudged
+    by ``balance_rate`` toward balanced usage of the step's batch, outside the gradient (as in
+    loss-free balancing of mixture-of-experts routers, Wang et al. 2024). The bias is also part
+    of the coefficients (a ReLU'd score is zero where it is not positive, so a bias that entered
+    only the choice could select a dead code but never revive it). Training-only: the saved layer
+    is an ordinary one with its learned biases.
+    """
+
+    balance_rate: float = 0.0
+    """How far each step moves a code's selection bias; 0 turns balancing off."""
+    balance_mode: str = "sign"
+    """``sign``: every code that fired less than the mean count of the batch is raised by the
+    rate and every code that fired more is lowered by it; ``revive``: only codes that did not fire
+    in the batch are raised."""
+
+    def _validate_balance(self) -> None:
+        if not self.balance_rate >= 0:
+            raise ValueError(f"balance_rate={self.balance_rate} must be non-negative (0: off).")
+        if self.balance_mode not in BALANCE_MODES:
+            raise ValueError(
+                f"balance_mode={self.balance_mode!r} is not supported; choose one of "
+                f"{BALANCE_MODES}."
+            )
+
+
+@torch.no_grad()
+def balance_selection_bias(bias: Tensor, counts: Tensor, rate: float, mode: str) -> None:
+    """Nudge ``bias`` [n_codes] in place by ``rate`` from one step's firing ``counts`` [n_codes]
+    (summed over every rank, so data-parallel ranks move alike)."""
+    if rate == 0:
+        return
+    counts = counts.to(bias.dtype)
+    if mode == "revive":
+        bias += rate * (counts == 0).to(bias.dtype)
+    else:
+        bias += rate * torch.sign(counts.mean() - counts)
 
 
 def split_pair(batch: Tensor, d_in: int, d_out: int) -> tuple[Tensor, Tensor]:

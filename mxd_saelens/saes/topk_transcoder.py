@@ -36,6 +36,7 @@ from mxd_saelens.saes.paired import (
     LayerOutput,
     PairedTrainingFields,
     PairedTrainingSAE,
+    SelectionBalanceFields,
     dead_feature_aux_loss,
     paired_training_forward_pass,
 )
@@ -178,7 +179,7 @@ class TopKTranscoder(TopKTranscoderForward, Transcoder):
 
 @dataclass(kw_only=True)
 class TopKTranscoderTrainingSAEConfig(
-    TrainingSAEConfig, PairedTrainingFields, DeadFeatureAuxFields
+    TrainingSAEConfig, PairedTrainingFields, DeadFeatureAuxFields, SelectionBalanceFields
 ):
     """Training config of a TopK transcoder (saves as ``"topk_transcoder"``); the opt-in
     dead-latent auxiliary loss is the MxD's, so the two compare on equal terms."""
@@ -209,6 +210,7 @@ class TopKTranscoderTrainingSAEConfig(
         check_init(self.init)
         self._validate_loss()
         self._validate_dead_feature_aux(self.d_sae)
+        self._validate_balance()
         super().__post_init__()
 
 
@@ -281,6 +283,10 @@ class TopKTranscoderTrainingSAE(TopKTranscoderForward, PairedTrainingTranscoder)
     @override
     def initialize_weights(self) -> None:
         init_transcoder_weights(self, zero_decoder=self.zero_decoder_init)
+
+    def selection_bias(self) -> Tensor:
+        """The bias that decides which latents enter the top k: the encoder's."""
+        return self.b_enc
 
     @override
     def extra_losses(self, result: LayerOutput, step_input: TrainStepInput) -> dict[str, Tensor]:

@@ -1,0 +1,272 @@
+"""One tuning procedure for every architecture: a grid of recipes, selected on validation under a
+readability floor, reported on test.
+
+    python benchmarks/grid.py --model tiny-gelu --ks 32 --lrs 1e-3 3e-3 1e-2 \\
+        --tokens 2000000 --work_dir benchmarks/layers/grid/tiny-gelu --out benchmarks/results/grid.json
+
+Every (architecture, k) is offered the same candidates: each learning rate of ``--lrs`` with the
+same schedule (warm-up over the first 5 % of the steps, constant, then linear decay over the
+last 20 %) and each start of ``--starts``:
+
+- ``paper``: the architecture's own cold start (for the MxD the paper's: random gate and
+  encoder, D = 0, unit expert vectors);
+- ``mlp_encoder``: the encoder (an MxD's E, a transcoder's first d_mlp latents) copied from the
+  MLP being replaced (:mod:`mxd_saelens.warm_start`);
+- ``balanced``: the cold start with the selection bias nudged toward balanced usage after every
+  step (``balance_rate``, :class:`mxd_saelens.saes.paired.SelectionBalanceFields`).
+
+All candidates train in lockstep from one model pass over the bundled training split. The
+held-out split is cut into two disjoint halves of whole sequences: validation (the first) and
+test (the second). Each candidate is spliced into the model on both and its codes are probed
+(:mod:`mxd_saelens.specialisation`). Selection, per (architecture, k): among the candidates that
+meet the readability floor (dead fraction on validation ≤ ``--max_dead`` and probe F1 ≥ the best
+probe F1 of any candidate at that k minus ``--probe_margin``), the lowest validation ΔCE; if none
+meets it, the lowest validation ΔCE outright, flagged. The selected MxD is compared with each
+selected transcoder on test with paired standard errors (ΔCE, KL and probe F1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from sae_lens import SAE
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from benchmarks.common import write_result
+from mxd_saelens import zoo
+from mxd_saelens.demo import DemoOptions, layer_config, train_layers
+from mxd_saelens.evaluation import Evaluation, evaluate_layers
+from mxd_saelens.probing.probe import compare_probes
+from mxd_saelens.specialisation import LayerSpecialisation, layer_specialisation
+from mxd_saelens.tokens import token_sequences
+
+STARTS = ("paper", "mlp_encoder", "balanced")
+ROW_FIELDS = ("delta_ce", "delta_ce_se", "kl", "kl_se", "nmse", "l0", "dead_fraction")
+
+
+def candidates(opts: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """name → recipe: every architecture × k × start × learning rate."""
+    out = {}
+    for architecture in opts.architectures:
+        for k in opts.ks:
+            for start in opts.starts:
+                for lr in opts.lrs:
+                    out[f"{architecture}-k{k}-{start}-lr{lr:g}"] = {
+                        "architecture": architecture,
+                        "k": k,
+                        "start": start,
+                        "lr": lr,
+                    }
+    return out
+
+
+def recipe_fields(
+    recipe: dict[str, Any], steps: int, balance_rate: float, balance_mode: str
+) -> dict[str, Any]:
+    """The config fields of one recipe (besides the architecture and its size)."""
+    fields: dict[str, Any] = {
+        "k": recipe["k"],
+        "lr": recipe["lr"],
+        "lr_warm_up_steps": max(1, steps // 20),
+        "lr_decay_steps": max(1, steps // 5),
+        "init": "mlp_encoder" if recipe["start"] == "mlp_encoder" else "paper",
+    }
+    if recipe["start"] == "balanced":
+        fields["balance_rate"] = balance_rate
+        fields["balance_mode"] = balance_mode
+    return fields
+
+
+def train(model: Any, opts: argparse.Namespace, recipes: dict[str, dict[str, Any]]) -> float:
+    work = Path(opts.work_dir)
+    options = DemoOptions(model=opts.model, training_tokens=opts.tokens, seed=opts.seed)
+    layer = zoo.default_layer(opts.model)
+    steps = opts.tokens // options.batch_tokens
+    configs = {
+        name: layer_config(
+            model,
+            recipe["architecture"],
+            options,
+            layer,
+            str(work / name),
+            **recipe_fields(recipe, steps, opts.balance_rate, opts.balance_mode),
+        )
+        for name, recipe in recipes.items()
+        if not (work / name / "cfg.json").exists()  # a finished layer is kept
+    }
+    started = time.perf_counter()
+    if configs:
+        print(f"training {len(configs)} candidates, {opts.tokens:,} tokens each")
+        train_layers(model, configs)
+    return time.perf_counter() - started
+
+
+def evaluate_split(
+    model: Any, folders: dict[str, Path], tokens: torch.Tensor, chunk: int
+) -> Evaluation:
+    """Every layer spliced on ``tokens``, a few layers at a time (each call shares its clean
+    forwards), merged into one evaluation: paired comparisons work across chunks because every
+    chunk sees the same tokens."""
+    rows, metrics = [], {}
+    names = list(folders)
+    for i in range(0, len(names), chunk):
+        layers = {name: SAE.load_from_disk(folders[name]) for name in names[i : i + chunk]}
+        part = evaluate_layers(model, layers, tokens, progress=False)
+        rows += part.rows
+        metrics |= part.metrics
+    return Evaluation(rows=rows, metrics=metrics)
+
+
+def specialise(model: Any, folders: dict[str, Path]) -> dict[str, LayerSpecialisation]:
+    found = {}
+    for name, folder in folders.items():
+        found |= layer_specialisation(model, {name: SAE.load_from_disk(folder)})
+    return found
+
+
+def select(
+    rows: dict[str, dict[str, Any]], max_dead: float, probe_margin: float
+) -> dict[str, dict[str, Any]]:
+    """(architecture, k) → the selected candidate's name, the floor and whether it was met."""
+    selected = {}
+    for k in sorted({row["k"] for row in rows.values()}):
+        at_k = {name: row for name, row in rows.items() if row["k"] == k}
+        floor_f1 = max(row["probe_f1"] for row in at_k.values()) - probe_margin
+        for architecture in sorted({row["architecture"] for row in at_k.values()}):
+            pool = {n: r for n, r in at_k.items() if r["architecture"] == architecture}
+            readable = {
+                n: r
+                for n, r in pool.items()
+                if r["validation"]["dead_fraction"] <= max_dead and r["probe_f1"] >= floor_f1
+            }
+            choice = min(readable or pool, key=lambda n: pool[n]["validation"]["delta_ce"])
+            selected[f"{architecture}-k{k}"] = {
+                "name": choice,
+                "met_floor": bool(readable),
+                "floor": {"max_dead": max_dead, "min_probe_f1": floor_f1},
+            }
+    return selected
+
+
+def comparisons(
+    selected: dict[str, dict[str, Any]],
+    test: Evaluation,
+    probes: dict[str, LayerSpecialisation],
+) -> list[dict[str, Any]]:
+    """The selected MxD of each k against each selected transcoder of that k, on test."""
+    out = []
+    for key, choice in selected.items():
+        architecture, k = key.rsplit("-k", 1)
+        mxd = selected.get(f"mxd-k{k}")
+        if architecture == "mxd" or mxd is None:
+            continue
+        a, b = mxd["name"], choice["name"]
+        probe = compare_probes(probes[a].probe, probes[b].probe)
+        out.append(
+            {
+                "k": int(k),
+                **test.compare(a, b),
+                "probe_f1_diff": probe["difference"],
+                "probe_f1_diff_se": probe["se"],
+            }
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="tiny-gelu")
+    parser.add_argument(
+        "--architectures", nargs="+", default=["mxd", "topk_transcoder", "topk_skip_transcoder"]
+    )
+    parser.add_argument("--ks", nargs="+", type=int, default=[32])
+    parser.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 3e-3, 1e-2])
+    parser.add_argument("--starts", nargs="+", choices=STARTS, default=list(STARTS))
+    parser.add_argument("--balance_rate", type=float, default=1e-2, help="for start 'balanced'")
+    parser.add_argument("--balance_mode", default="revive", help="for start 'balanced'")
+    parser.add_argument("--tokens", type=int, default=2_000_000)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--max_dead", type=float, default=0.25)
+    parser.add_argument("--probe_margin", type=float, default=0.03)
+    parser.add_argument("--eval_chunk", type=int, default=3, help="layers per splice pass")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--work_dir", required=True)
+    parser.add_argument("--out", required=True)
+    opts = parser.parse_args()
+    torch.set_num_threads(opts.threads)
+
+    model = zoo.load(opts.model)
+    recipes = candidates(opts)
+    train_seconds = train(model, opts, recipes)
+    folders = {name: Path(opts.work_dir) / name for name in recipes}
+
+    heldout = token_sequences(model, zoo.load_corpus("heldout"), 128)
+    half = heldout.shape[0] // 2
+    splits = {"validation": heldout[:half], "test": heldout[half:]}
+    evaluations = {
+        split: evaluate_split(model, folders, tokens, opts.eval_chunk)
+        for split, tokens in splits.items()
+    }
+    probes = specialise(model, folders)
+
+    rows = {}
+    for name, recipe in recipes.items():
+        per_split = {
+            split: {
+                key: row[key]
+                for row in evaluation.rows
+                if row["name"] == name
+                for key in ROW_FIELDS
+            }
+            for split, evaluation in evaluations.items()
+        }
+        rows[name] = {
+            **recipe,
+            "tokens": opts.tokens,
+            "schedule": "warm-up 5 %, constant, linear decay over the last 20 %",
+            "balance_rate": opts.balance_rate if recipe["start"] == "balanced" else 0.0,
+            "balance_mode": opts.balance_mode if recipe["start"] == "balanced" else None,
+            **per_split,
+            **probes[name].row(),
+            "dead_fraction_probe_set": probes[name].usage.dead_fraction,
+        }
+    selected = select(rows, opts.max_dead, opts.probe_margin)
+    compared = comparisons(selected, evaluations["test"], probes)
+    write_result(
+        opts.out,
+        {
+            "model": opts.model,
+            "layer": zoo.default_layer(opts.model),
+            "procedure": __doc__.split("\n\n", 2)[2].strip(),
+            "lr_grid": opts.lrs,
+            "starts": opts.starts,
+            "tokens": opts.tokens,
+            "train_seconds": round(train_seconds, 1),
+            "splits": {split: int(t.shape[0]) for split, t in splits.items()},
+            "selected_on": "validation",
+            "reported_on": "test",
+            "candidates": rows,
+            "selected": selected,
+            "comparisons": compared,
+        },
+    )
+    for key, choice in selected.items():
+        row = rows[choice["name"]]
+        test = row["test"]
+        print(
+            f"{key:28s} {choice['name']:40s} test ΔCE {test['delta_ce']:.4f} ± "
+            f"{test['delta_ce_se']:.4f}  dead {test['dead_fraction']:.1%}  probe F1 "
+            f"{row['probe_f1']:.3f} ± {row['probe_f1_se']:.3f}"
+            + ("" if choice["met_floor"] else "  (no candidate met the floor)")
+        )
+    print(json.dumps(compared, indent=1))
+
+
+if __name__ == "__main__":
+    main()

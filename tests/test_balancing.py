@@ -1,0 +1,126 @@
+"""Selection-bias balancing (beyond the MxD paper): the nudge against an independent
+computation, its place in the real trainer's step, its settings and that it is training-only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from sae_lens import SAE
+from sae_lens.config import SAETrainerConfig
+
+import mxd_saelens as mxd
+from mxd_saelens.saes.paired import balance_selection_bias
+from mxd_saelens.trainer import PairedSAETrainer
+from tests.helpers import randomize_
+
+I, O, H, N, K, B = 12, 10, 24, 50, 5, 64
+
+
+def make_layer(architecture: str, **kw):
+    if architecture == "mxd":
+        cfg = mxd.MxDTrainingSAEConfig(d_in=I, d_out=O, d_hidden=H, n_experts=N, k=K, **kw)
+        return randomize_(mxd.MxDTrainingSAE(cfg), scale=0.3)
+    cfg = mxd.TopKTranscoderTrainingSAEConfig(d_in=I, d_out=O, d_sae=N, k=K, **kw)
+    return randomize_(mxd.TopKTranscoderTrainingSAE(cfg), scale=0.3)
+
+
+def test_sign_mode_moves_each_bias_toward_the_mean_count() -> None:
+    bias = torch.zeros(5)
+    counts = torch.tensor([0, 2, 4, 4, 10])  # mean 4
+    balance_selection_bias(bias, counts, 0.5, "sign")
+    assert bias.tolist() == [0.5, 0.5, 0.0, 0.0, -0.5]
+
+
+def test_revive_mode_raises_only_codes_that_did_not_fire() -> None:
+    bias = torch.full((4,), -1.0)
+    balance_selection_bias(bias, torch.tensor([0, 3, 0, 9]), 0.25, "revive")
+    assert bias.tolist() == [-0.75, -1.0, -0.75, -1.0]
+
+
+def test_rate_zero_leaves_the_bias_alone() -> None:
+    bias = torch.randn(6)
+    before = bias.clone()
+    balance_selection_bias(bias, torch.arange(6), 0.0, "sign")
+    assert torch.equal(bias, before)
+
+
+def trainer_for(layer) -> PairedSAETrainer:
+    cfg = SAETrainerConfig(
+        n_checkpoints=0,
+        checkpoint_path=None,
+        save_final_checkpoint=False,
+        total_training_samples=B * 4,
+        device="cpu",
+        autocast=False,
+        lr=1e-2,
+        lr_end=1e-2,
+        lr_scheduler_name="constant",
+        lr_warm_up_steps=0,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        lr_decay_steps=0,
+        n_restart_cycles=1,
+        train_batch_size_samples=B,
+        dead_feature_window=1000,
+        feature_sampling_window=1000,
+        logger=mxd.runner_config("mxd", d_in=I, n_experts=N, k=K, log_to_wandb=False).logger,
+    )
+    return PairedSAETrainer(cfg=cfg, sae=layer, data_provider=iter(()))
+
+
+@pytest.mark.parametrize("architecture", ["mxd", "topk_transcoder"])
+@pytest.mark.parametrize("mode", ["sign", "revive"])
+def test_trainer_step_adds_the_nudge_after_the_optimiser(architecture: str, mode: str) -> None:
+    rate = 0.01
+    plain, balanced = (
+        make_layer(architecture),
+        make_layer(architecture, balance_rate=rate, balance_mode=mode),
+    )
+    balanced.load_state_dict(plain.state_dict())
+    generator = torch.Generator().manual_seed(1)
+    batch = torch.randn(B, I + O, generator=generator)
+    out_plain = trainer_for(plain).step(batch)
+    trainer_for(balanced).step(batch)
+    # the same forward, so the same firing counts: the nudge is the only difference
+    counts = (out_plain.feature_acts.to_dense() != 0).sum(0).double()
+    expected = (
+        rate * torch.sign(counts.mean() - counts)
+        if mode == "sign"
+        else rate * (counts == 0).double()
+    )
+    difference = balanced.selection_bias() - plain.selection_bias()
+    assert expected.abs().sum() > 0  # the test checks something
+    torch.testing.assert_close(difference.double(), expected, rtol=0, atol=1e-6)
+    others = [n for n, _ in plain.named_parameters() if n not in ("b_gate", "b_enc")]
+    for name in others:
+        # an MxD renormalises its copied expert vectors first: equal up to that rounding
+        torch.testing.assert_close(getattr(plain, name), getattr(balanced, name), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"balance_rate": -0.1}, "balance_rate=-0.1 must be non-negative"),
+        ({"balance_mode": "up"}, "balance_mode='up'"),
+    ],
+)
+def test_bad_balance_settings_name_the_problem(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        mxd.MxDTrainingSAEConfig(d_in=I, n_experts=N, k=K, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        mxd.TopKTranscoderTrainingSAEConfig(d_in=I, d_sae=N, k=K, **kwargs)
+
+
+def test_balancing_is_training_only(tmp_path: Path) -> None:
+    layer = make_layer("mxd", balance_rate=0.01)
+    layer.eval().save_inference_model(tmp_path / "layer")
+    saved = json.loads((tmp_path / "layer" / "cfg.json").read_text())
+    assert "balance_rate" not in saved
+    assert saved["metadata"]["training_architecture_details"]["balance_rate"] == 0.01
+    loaded = SAE.load_from_disk(tmp_path / "layer")
+    x = torch.randn(7, I)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), layer(x), rtol=0, atol=0)

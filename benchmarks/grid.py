@@ -179,6 +179,65 @@ def comparisons(
     return out
 
 
+def stage2_recipes(stage1: dict[str, Any], per_architecture: int) -> dict[str, dict[str, Any]]:
+    """The ``per_architecture`` best stage-1 candidates of each (architecture, k) on validation
+    ΔCE among those that met the floor (the selected one first), to retrain at the budget."""
+    recipes = {}
+    for key, choice in stage1["selected"].items():
+        architecture, k = key.rsplit("-k", 1)
+        floor = choice["floor"]
+        pool = {
+            name: row
+            for name, row in stage1["candidates"].items()
+            if row["architecture"] == architecture and row["k"] == int(k)
+        }
+        readable = [
+            name
+            for name, row in pool.items()
+            if row["validation"]["dead_fraction"] <= floor["max_dead"]
+            and row["probe_f1"] >= floor["min_probe_f1"]
+        ] or list(pool)
+        readable.sort(key=lambda name: pool[name]["validation"]["delta_ce"])
+        for name in readable[:per_architecture]:
+            row = pool[name]
+            recipes[name] = {key: row[key] for key in ("architecture", "k", "start", "lr")}
+    return recipes
+
+
+def measure(
+    model: Any, opts: argparse.Namespace, recipes: dict[str, dict[str, Any]]
+) -> tuple[dict[str, dict[str, Any]], dict[str, Evaluation], dict[str, LayerSpecialisation]]:
+    """Every candidate spliced on validation and test, and probed: one row each."""
+    folders = {name: Path(opts.work_dir) / name for name in recipes}
+    heldout = token_sequences(model, zoo.load_corpus("heldout"), 128)
+    half = heldout.shape[0] // 2
+    splits = {"validation": heldout[:half], "test": heldout[half:]}
+    evaluations = {
+        split: evaluate_split(model, folders, tokens, opts.eval_chunk)
+        for split, tokens in splits.items()
+    }
+    probes = specialise(model, folders)
+    rows = {}
+    for name, recipe in recipes.items():
+        per_split = {
+            split: {key: row[key] for row in ev.rows if row["name"] == name for key in ROW_FIELDS}
+            for split, ev in evaluations.items()
+        }
+        balanced = recipe["start"] == "balanced"
+        rows[name] = {
+            **recipe,
+            "tokens": opts.tokens,
+            "schedule": "warm-up 5 %, constant, linear decay over the last 20 %",
+            "balance_rate": opts.balance_rate if balanced else 0.0,
+            "balance_mode": opts.balance_mode if balanced else None,
+            "n_sequences": {split: int(t.shape[0]) for split, t in splits.items()},
+            **per_split,
+            **probes[name].row(),
+            "dead_fraction_probe_set": probes[name].usage.dead_fraction,
+        }
+    return rows, evaluations, probes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="tiny-gelu")
@@ -191,6 +250,12 @@ def main() -> None:
     parser.add_argument("--balance_rate", type=float, default=1e-2, help="for start 'balanced'")
     parser.add_argument("--balance_mode", default="revive", help="for start 'balanced'")
     parser.add_argument("--tokens", type=int, default=2_000_000)
+    parser.add_argument(
+        "--stage2_from",
+        default=None,
+        help="a stage-1 result: retrain its best candidates of each architecture at --tokens",
+    )
+    parser.add_argument("--stage2_per_architecture", type=int, default=2)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--max_dead", type=float, default=0.25)
     parser.add_argument("--probe_margin", type=float, default=0.03)
@@ -202,70 +267,58 @@ def main() -> None:
     torch.set_num_threads(opts.threads)
 
     model = zoo.load(opts.model)
-    recipes = candidates(opts)
+    stage1 = None
+    if opts.stage2_from:
+        stage1 = json.loads(Path(opts.stage2_from).read_text())
+        recipes = stage2_recipes(stage1, opts.stage2_per_architecture)
+        opts.balance_rate, opts.balance_mode = _stage1_balance(stage1)
+    else:
+        recipes = candidates(opts)
     train_seconds = train(model, opts, recipes)
-    folders = {name: Path(opts.work_dir) / name for name in recipes}
-
-    heldout = token_sequences(model, zoo.load_corpus("heldout"), 128)
-    half = heldout.shape[0] // 2
-    splits = {"validation": heldout[:half], "test": heldout[half:]}
-    evaluations = {
-        split: evaluate_split(model, folders, tokens, opts.eval_chunk)
-        for split, tokens in splits.items()
-    }
-    probes = specialise(model, folders)
-
-    rows = {}
-    for name, recipe in recipes.items():
-        per_split = {
-            split: {
-                key: row[key]
-                for row in evaluation.rows
-                if row["name"] == name
-                for key in ROW_FIELDS
-            }
-            for split, evaluation in evaluations.items()
-        }
-        rows[name] = {
-            **recipe,
-            "tokens": opts.tokens,
-            "schedule": "warm-up 5 %, constant, linear decay over the last 20 %",
-            "balance_rate": opts.balance_rate if recipe["start"] == "balanced" else 0.0,
-            "balance_mode": opts.balance_mode if recipe["start"] == "balanced" else None,
-            **per_split,
-            **probes[name].row(),
-            "dead_fraction_probe_set": probes[name].usage.dead_fraction,
-        }
+    rows, evaluations, probes = measure(model, opts, recipes)
     selected = select(rows, opts.max_dead, opts.probe_margin)
     compared = comparisons(selected, evaluations["test"], probes)
-    write_result(
-        opts.out,
-        {
-            "model": opts.model,
-            "layer": zoo.default_layer(opts.model),
-            "procedure": __doc__.split("\n\n", 2)[2].strip(),
-            "lr_grid": opts.lrs,
-            "starts": opts.starts,
-            "tokens": opts.tokens,
-            "train_seconds": round(train_seconds, 1),
-            "splits": {split: int(t.shape[0]) for split, t in splits.items()},
-            "selected_on": "validation",
-            "reported_on": "test",
-            "candidates": rows,
-            "selected": selected,
-            "comparisons": compared,
-        },
-    )
+    result = {
+        "model": opts.model,
+        "layer": zoo.default_layer(opts.model),
+        "procedure": __doc__.split("\n\n", 2)[2].strip(),
+        "lr_grid": stage1["lr_grid"] if stage1 else opts.lrs,
+        "starts": stage1["starts"] if stage1 else opts.starts,
+        "tokens": opts.tokens,
+        "train_seconds": round(train_seconds, 1),
+        "selected_on": "validation",
+        "reported_on": "test",
+        "candidates": rows,
+        "selected": selected,
+        "comparisons": compared,
+    }
+    if stage1 is not None:
+        result["stage1"] = {
+            "from": opts.stage2_from,
+            "tokens": stage1["tokens"],
+            "command": stage1["command"],
+            "candidates": stage1["candidates"],
+            "selected": stage1["selected"],
+            "comparisons": stage1["comparisons"],
+        }
+    write_result(opts.out, result)
     for key, choice in selected.items():
         row = rows[choice["name"]]
         test = row["test"]
         print(
-            f"{key:28s} {choice['name']:40s} test ΔCE {test['delta_ce']:.4f} ± "
+            f"{key:24s} {choice['name']:40s} test ΔCE {test['delta_ce']:.4f} ± "
             f"{test['delta_ce_se']:.4f}  dead {test['dead_fraction']:.1%}  probe F1 "
             f"{row['probe_f1']:.3f} ± {row['probe_f1_se']:.3f}"
             + ("" if choice["met_floor"] else "  (no candidate met the floor)")
         )
     print(json.dumps(compared, indent=1))
+
+
+def _stage1_balance(stage1: dict[str, Any]) -> tuple[float, str]:
+    for row in stage1["candidates"].values():
+        if row["start"] == "balanced":
+            return row["balance_rate"], row["balance_mode"]
+    return 0.0, "sign"
 
 
 if __name__ == "__main__":

@@ -34,6 +34,23 @@ from mxd_saelens.report import (
 from mxd_saelens.specialisation import add_specialisation, layer_specialisation
 from mxd_saelens.tokens import token_sequences
 
+# Each architecture's recipe at the demo's budget (k = 32, 2M tokens, tiny-gelu block 2), chosen
+# by one procedure for all (benchmarks/grid.py → benchmarks/results/grid.json): the most faithful
+# on validation among the candidates that keep their codes alive and readable.
+RECIPES: dict[str, dict[str, Any]] = {
+    "mxd": {"lr": 1e-2, "init": "paper", "balance_rate": 1e-2, "balance_mode": "revive"},
+    "topk_transcoder": {"lr": 1e-2, "init": "paper", "balance_rate": 0.0},
+    "topk_skip_transcoder": {"lr": 1e-2, "init": "paper", "balance_rate": 0.0},
+}
+
+
+def recipe(architecture: str, options: DemoOptions) -> dict[str, Any]:
+    """The training fields of ``architecture``'s recipe; ``options.lr`` overrides its rate."""
+    fields = dict(RECIPES.get(architecture, {"lr": 1e-2}))
+    if options.lr is not None:
+        fields["lr"] = options.lr
+    return fields
+
 
 @dataclass
 class DemoOptions:
@@ -49,11 +66,10 @@ class DemoOptions:
     expansion: int = 32
     """Transcoder width as a multiple of d_model; the MxD is matched to it."""
     batch_tokens: int = 2048
-    lr: float = 1e-2
-    """Adam learning rate, constant after a warm-up over the first 5 % of steps; the paper's
-    1e-4 is for 480M tokens, short runs need more (at 1M tokens, 1e-2 gave the MxD the lowest
-    ΔCE and KL of 1e-3, 3e-3 and 1e-2, and the TopK transcoder the lowest KL with a ΔCE
-    within noise of 3e-3's: benchmarks/results/lr_sweep.json)."""
+    lr: float | None = None
+    """Adam learning rate for every layer; None: each architecture's own selected recipe
+    (``RECIPES``). Warm-up over the first 5 % of the steps, constant, then a linear decay over
+    the last 20 %. The paper's 1e-4 is for 480M tokens; short runs need more."""
     context_size: int = 128
     eval_sequences: int | None = None
     """Held-out sequences to evaluate on; default: the whole held-out split (~2,400)."""
@@ -100,8 +116,9 @@ def layer_config(
         "n_batches_in_buffer": max(
             1, options.shuffle_tokens // (store_prompts * options.context_size)
         ),
-        "lr": options.lr,
+        **recipe(architecture, options),
         "lr_warm_up_steps": max(1, options.training_tokens // options.batch_tokens // 20),
+        "lr_decay_steps": max(1, options.training_tokens // options.batch_tokens // 5),
         "seed": options.seed,
         "log_to_wandb": False,
         "checkpoint_path": None,

@@ -297,7 +297,7 @@ def evaluate(args: Sequence[str]) -> None:
         format_table,
         write_report,
     )
-    from mxd_saelens.sources import load_language_model
+    from mxd_saelens.sources import load_model_of_layers
     from mxd_saelens.specialisation import add_specialisation, layer_specialisation
     from mxd_saelens.tokens import token_sequences
 
@@ -308,7 +308,7 @@ def evaluate(args: Sequence[str]) -> None:
     model_name = opts.model or next(iter(layers.values())).cfg.metadata.model_name
     if not model_name:
         raise UserError("the layers do not record their model; pass --model")
-    model = load_language_model(model_name, device=opts.device)
+    model = load_model_of_layers(layers.values(), model_name, device=opts.device)
     tokens = token_sequences(model, opts.dataset, opts.context_size, opts.n_sequences)
     result = evaluate_layers(model, layers, tokens.to(opts.device), batch_size=opts.batch_size)
     if opts.specialisation:

@@ -178,6 +178,13 @@ def _check_device(field: str, device: str) -> None:
         raise ValueError(f"{field}={device!r} is not a torch device ({error}).") from None
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{field}={device!r}, but torch sees no CUDA device here; use 'cpu'.")
+    index = torch.device(device).index
+    if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise ValueError(
+            f"{field}={device!r}, but torch sees only {n} CUDA device(s) here: use cuda:0 to "
+            f"cuda:{n - 1}."
+        )
     if kind == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"{field}={device!r}, but MPS is not available here; use 'cpu'.")
 

@@ -289,7 +289,9 @@ def test_three_ways_to_configure_are_equivalent() -> None:
         assert (cfg.model_name, cfg.hook_name, cfg.lr) == (flat.model_name, flat.hook_name, flat.lr)
     with pytest.raises(ValueError, match=r"'n_expert' \(did you mean n_experts"):
         runner_config("mxd", d_in=8, n_expert=10)
-    with pytest.raises(ValueError, match="architecture 'moe' does not replace an MLP"):
+    with pytest.raises(ValueError, match="architecture 'topk' does not replace an MLP"):
+        runner_config("topk", d_in=8)
+    with pytest.raises(ValueError, match=r"unknown architecture 'moe'; the architectures"):
         runner_config("moe", d_in=8)
 
 

@@ -35,8 +35,13 @@ def cache(tmp_path_factory) -> Path:
     return folder
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    # the processes import this checkout's package, whatever copy is installed
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": path}
 
 
 def torchrun(args: str, cwd: Path, **popen: object) -> subprocess.Popen:
@@ -68,6 +73,68 @@ def test_two_processes_at_half_the_batch_train_the_one_process_layer(cache, tmp_
     assert main(shlex.split(one)) == 0
     # the same 8 steps of 1,024 tokens: each process took 512 of every batch
     assert_close(weights(tmp_path / "two"), weights(tmp_path / "one"), rtol=1e-4, atol=1e-6)
+
+
+GRADIENTS = """
+import sys, torch
+from sae_lens.saes.sae import TrainStepInput
+import mxd_saelens as mxd
+from mxd_saelens.distributed import Distributed, data_parallel
+
+def layer():  # random weights everywhere: the paper's init leaves most gradients at zero
+    sae = mxd.MxDTrainingSAE(
+        mxd.MxDTrainingSAEConfig(d_in=12, d_out=10, d_hidden=24, n_experts=40, k=4)
+    )
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
+    sae.normalize_experts()
+    return sae
+
+def step_input(rows):
+    return TrainStepInput(sae_in=rows, coefficients={}, dead_neuron_mask=None,
+                          n_training_steps=0, is_logging_step=False)
+
+def grads(sae):
+    return {n: p.grad.clone() for n, p in sae.named_parameters() if p.grad is not None}
+
+distributed = Distributed.from_environment()
+batch = torch.randn(64, 22, generator=torch.Generator().manual_seed(1))
+halves = batch.chunk(distributed.world_size)
+sae = layer()
+forward = data_parallel(sae, distributed)  # held: the backward runs DDP's hooks on it
+forward(step_input(halves[distributed.rank])).loss.backward()
+if distributed.is_main:
+    # the one-process reference: each half's gradient alone, averaged by hand
+    per_half = []
+    for half in halves:
+        alone = layer()
+        alone.training_forward_pass(step_input=step_input(half)).loss.backward()
+        per_half.append(grads(alone))
+    mean = {n: sum(g[n] for g in per_half) / len(per_half) for n in per_half[0]}
+    torch.save({"ddp": grads(sae), "mean": mean, "first": per_half[0]}, sys.argv[1])
+"""
+
+
+def test_data_parallel_gradients_are_the_mean_of_the_ranks_gradients(tmp_path):
+    """The gradients themselves, before clipping and Adam (both blind to a constant factor):
+    each rank's gradient on its half of the batch, averaged; a sum would be twice that."""
+    script = tmp_path / "gradients.py"
+    script.write_text(GRADIENTS)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node", "2", str(script), str(tmp_path / "grads.pt")]
+    done = subprocess.run(command, cwd=tmp_path, env=env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = torch.load(tmp_path / "grads.pt", weights_only=True)
+    ddp, mean = saved["ddp"], saved["mean"]
+    assert ddp.keys() == mean.keys() and "W_experts" in ddp
+    for name in ddp:
+        torch.testing.assert_close(ddp[name], mean[name], rtol=1e-5, atol=1e-6)
+        # every gradient is non-zero and the halves' differ: neither a sum (twice the mean)
+        # nor one rank's own gradient would pass
+        assert mean[name].abs().max() > 1e-3, name
+        assert not torch.allclose(saved["first"][name], mean[name], rtol=1e-2), name
 
 
 def interrupt_and_resume_exactly(common: str, tokens: int, tmp_path) -> None:

@@ -5,6 +5,7 @@ per-process batch, one checkpoint on Ctrl-C, and an exact resumption."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -137,8 +138,20 @@ def test_data_parallel_gradients_are_the_mean_of_the_ranks_gradients(tmp_path):
         assert not torch.allclose(saved["first"][name], mean[name], rtol=1e-2), name
 
 
+def wait_for_trained_tokens(log: Path, tokens: int, at_least: int, timeout: float = 300) -> int:
+    """Poll the run's progress bar (``N/tokens``, written by rank 0 and 1 alike) until it has
+    counted ``at_least`` trained tokens; return the count seen."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        counts = [int(n) for n in re.findall(rf"(\d+)/{tokens}\b", log.read_text())]
+        if counts and max(counts) >= at_least:
+            return max(counts)
+        time.sleep(0.05)
+    raise TimeoutError(f"no {at_least} trained tokens in {log} after {timeout} s")
+
+
 def interrupt_and_resume_exactly(common: str, tokens: int, tmp_path) -> None:
-    """Run ``common`` straight, then again under torchrun with Ctrl-C once training has started:
+    """Run ``common`` straight, then again under torchrun with Ctrl-C once a few steps are done:
     both processes stop with one checkpoint and nothing final written, the resumed run equals
     the straight one bit for bit, and a resumption with one process is refused."""
     run_to_end(f"{common} --output_path {tmp_path / 'straight'} --checkpoint_path None", tmp_path)
@@ -151,10 +164,7 @@ def interrupt_and_resume_exactly(common: str, tokens: int, tmp_path) -> None:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 300
-        while "Training SAE" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(1.0)
+        seen = wait_for_trained_tokens(log, tokens, at_least=4096)  # 4 steps of 1,024
         os.killpg(run.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group gets SIGINT
         run.wait(timeout=120)  # background forwards, if any, stop too: the processes exit
     text = log.read_text()
@@ -163,7 +173,7 @@ def interrupt_and_resume_exactly(common: str, tokens: int, tmp_path) -> None:
     assert len(checkpoints) == 1, (checkpoints, text[-3000:])
     assert not (tmp_path / "resumed" / "cfg.json").exists()  # nothing final written
     assert text.count("training interrupted; resume with") == 2  # both ranks stopped there
-    assert 0 < int(checkpoints[0].name) < tokens
+    assert seen <= int(checkpoints[0].name) < tokens
 
     run_to_end(f"{common} --output_path {tmp_path / 'resumed'} --checkpoint_path None "
                f"--resume_from_checkpoint {checkpoints[0]}", tmp_path)  # fmt: skip

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sae_lens.config import dict_field  # JSON from the command line, as in train
 from simple_parsing import field
-from simple_parsing.helpers import choice, dict_field
+from simple_parsing.helpers import choice
 from tqdm.auto import tqdm
 from transformer_lens.hook_points import HookedRootModule
 

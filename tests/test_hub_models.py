@@ -169,3 +169,13 @@ def test_a_layer_is_evaluated_on_the_model_loaded_as_it_was_trained(
     layer = load_layer(tmp_path / "l")
     assert layer.cfg.metadata.model_from_pretrained_kwargs == {"fold_ln": False}
     assert load_model_of_layers([layer]).cfg.normalization_type == "LN"
+
+
+def test_the_cache_writer_takes_loading_options_as_json(offline_hub: Path, tmp_path: Path) -> None:
+    text = str(offline_hub / "text.jsonl")
+    args = ["cache", "--model_name", "gpt2", "--layers", "1", "--dataset_path", text]
+    args += ["--training_tokens", "1024", "--context_size", "64", "--check_mlp_hooks", "False"]
+    args += ["--model_from_pretrained_kwargs", '{"fold_ln": false}']
+    assert main([*args, "--output_path", str(tmp_path / "c")]) == 0
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert manifest["model_from_pretrained_kwargs"] == {"fold_ln": False}  # as given

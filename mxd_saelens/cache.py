@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sae_lens.config import dict_field  # JSON from the command line, as in train
 from simple_parsing import field
 from simple_parsing.helpers import choice
 from tqdm.auto import tqdm
@@ -80,6 +81,9 @@ class CacheConfig:
     """Stream a hub dataset rather than download it whole."""
     model_class_name: str = "HookedTransformer"
     """TransformerLens class to load the model as."""
+    model_from_pretrained_kwargs: dict[str, Any] | None = dict_field(default=None)  # noqa: RUF009
+    """Options for loading a model by name, as in a training run (paired training's default:
+    SAELens's, with the norms folded unless fold_ln is given)."""
     device: str = "cpu"
     """Device for the model's forward (the cache is written from the CPU)."""
     autocast_lm: bool = False
@@ -139,7 +143,10 @@ def cache_paired_activations(
     if dataset is None:
         dataset = load_dataset_source(cfg.dataset_path) or cfg.dataset_path
     model = override_model or load_language_model(
-        cfg.model_name, cfg.model_class_name, device=cfg.device
+        cfg.model_name,
+        cfg.model_class_name,
+        device=cfg.device,
+        model_from_pretrained_kwargs=_loading_options(cfg),
     )
     pairs = [resolve_mlp_hooks(model, layer=layer) for layer in cfg.layers]
     store = _capture_store(model, pairs, dataset, cfg)
@@ -155,6 +162,18 @@ def cache_paired_activations(
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return out
+
+
+def _loading_options(cfg: CacheConfig) -> dict[str, Any]:
+    """How the model loads: as a paired training run of the same options loads it."""
+    from mxd_saelens.sources import paired_loading_options
+
+    options = cfg.model_from_pretrained_kwargs
+    if options is None:  # SAELens's runner default, which a layer trained from the cache gets
+        options = (
+            {"center_writing_weights": False} if cfg.model_class_name == "HookedTransformer" else {}
+        )
+    return paired_loading_options(cfg.model_class_name, options)
 
 
 def store_default(name: str) -> Any:
@@ -255,6 +274,7 @@ def _manifest(
         "torch_version": torch.__version__,
         "model_name": cfg.model_name,
         "model_class_name": cfg.model_class_name,
+        "model_from_pretrained_kwargs": _loading_options(cfg),
         "dtype": cfg.dtype,
         "byte_order": "little",
         "n_tokens": cfg.training_tokens,

@@ -8,7 +8,9 @@ config class from SAELens's registry (so ``--architecture mxd`` exposes ``--n_ex
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, make_dataclass
@@ -47,7 +49,7 @@ class CommandParser(ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        raise UserError(f"{message} ({self.prog} --help lists the flags)")
+        raise UserError(f"{_with_closest_choice(message)} ({self.prog} --help lists the flags)")
 
     def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
         """As argparse's, with a config class refusing a value reported as a :class:`UserError`,
@@ -63,6 +65,19 @@ class CommandParser(ArgumentParser):
             if unknown:
                 self.error(f"unrecognized arguments: {' '.join(unknown)}")
             raise UserError(str(error)) from None
+
+
+def _with_closest_choice(message: str) -> str:
+    """argparse's "invalid choice" message, with the closest choices named first."""
+    found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if found is None:
+        return message
+    choices = re.findall(r"'([^']*)'", found.group(2))
+    close = difflib.get_close_matches(found.group(1), choices, n=2, cutoff=0.5)
+    if not close:
+        return message
+    end = found.end() - 1  # the closing parenthesis of the choices
+    return f"{message[:end]}; did you mean {' or '.join(close)}?{message[end:]}"
 
 
 def _is_flag(arg: str) -> bool:
@@ -297,7 +312,7 @@ def evaluate(args: Sequence[str]) -> None:
         format_table,
         write_report,
     )
-    from mxd_saelens.sources import load_language_model
+    from mxd_saelens.sources import load_model_of_layers
     from mxd_saelens.specialisation import add_specialisation, layer_specialisation
     from mxd_saelens.tokens import token_sequences
 
@@ -308,7 +323,7 @@ def evaluate(args: Sequence[str]) -> None:
     model_name = opts.model or next(iter(layers.values())).cfg.metadata.model_name
     if not model_name:
         raise UserError("the layers do not record their model; pass --model")
-    model = load_language_model(model_name, device=opts.device)
+    model = load_model_of_layers(layers.values(), model_name, device=opts.device)
     tokens = token_sequences(model, opts.dataset, opts.context_size, opts.n_sequences)
     result = evaluate_layers(model, layers, tokens.to(opts.device), batch_size=opts.batch_size)
     if opts.specialisation:

@@ -8,6 +8,7 @@ from TransformerLens (which may fetch the small config file from the hub).
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from mxd_saelens.hooks import mlp_shape_of
@@ -23,6 +24,17 @@ PAIRED_ARCHITECTURES = (
 
 
 def check_paired(architecture: str) -> str:
+    """``architecture``, if it is one that replaces an MLP; an unknown name is told so, with
+    the closest names."""
+    from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+
+    if architecture not in PAIRED_ARCHITECTURES and architecture not in SAE_TRAINING_CLASS_REGISTRY:
+        close = difflib.get_close_matches(architecture, PAIRED_ARCHITECTURES, n=2, cutoff=0.5)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise ValueError(
+            f"unknown architecture {architecture!r}{hint}; the architectures that replace an "
+            f"MLP are {', '.join(PAIRED_ARCHITECTURES)}."
+        )
     if architecture not in PAIRED_ARCHITECTURES:
         raise ValueError(
             f"architecture {architecture!r} does not replace an MLP (it reconstructs its own "

@@ -56,13 +56,14 @@ from mxd_saelens.runner import (
     checkpoint_loading,
     evaluation_tokens,
     initial_output_bias,
+    load_training_model,
     paired_data,
     set_layer_metadata,
     start_wandb_run,
     wants_hook_check,
     warm_start_from_model,
 )
-from mxd_saelens.sources import load_dataset_source, load_language_model
+from mxd_saelens.sources import load_dataset_source
 from mxd_saelens.splice import SplicedLayer
 from mxd_saelens.trainer import (
     PairedSAETrainer,
@@ -306,12 +307,7 @@ class MultiPairedTrainingRunner:
                     raise type(error)(f"layer {name!r}: {error}") from None
         if self.cfg.resume_from_checkpoint is not None:
             check_checkpoint_folder(self.cfg.resume_from_checkpoint)
-        self.model = override_model or load_language_model(
-            self.cfg.model_name,
-            self.cfg.model_class_name,
-            device=self.cfg.llm_device or self.cfg.device,
-            model_from_pretrained_kwargs=self.cfg.model_from_pretrained_kwargs,
-        )
+        self.model, self.model_loading = load_training_model(self.cfg, override_model)
         check_against_model(self.model, self.cfg)
         if override_dataset is None:
             override_dataset = load_dataset_source(self.cfg.dataset_path)
@@ -378,7 +374,7 @@ class MultiPairedTrainingRunner:
 
     def run(self) -> dict[str, TrainingSAE[Any]]:
         for name, sae in self.saes.items():
-            set_layer_metadata(sae, self.cfgs[name], self.hooks[name])
+            set_layer_metadata(sae, self.cfgs[name], self.hooks[name], self.model_loading)
         log_to_wandb = self.cfg.logger.log_to_wandb
         if log_to_wandb:
             start_wandb_run(self.cfg.logger, {n: cfg.to_dict() for n, cfg in self.cfgs.items()})

@@ -19,12 +19,13 @@ CORPUS_LABELS = ("natural_language", "programming_language")
 
 
 def _load_model(name: str | None, layers: list[Any], device: str) -> Any:
-    from mxd_saelens.sources import load_language_model
+    """The layers' model, loaded as they were trained on it (name, class, loading options)."""
+    from mxd_saelens.sources import load_model_of_layers
 
     name = name or next((layer.cfg.metadata.model_name for layer in layers), None)
     if not name:
         raise UserError("the layers do not record their model; pass --model")
-    return load_language_model(name, device=device)
+    return load_model_of_layers(layers, name, device=device)
 
 
 def _position(value: str | None) -> int | str | None:

@@ -58,7 +58,11 @@ from mxd_saelens.distributed import Distributed, check_distributed_config
 from mxd_saelens.evaluation import evaluate_splice, flatten_metrics
 from mxd_saelens.hooks import MLPHooks, check_mlp_pair, resolve_mlp_hooks
 from mxd_saelens.paired_cache import PairedCache, as_tensor, open_cache_for, uses_cache
-from mxd_saelens.sources import load_dataset_source, load_language_model
+from mxd_saelens.sources import (
+    load_dataset_source,
+    load_language_model,
+    paired_loading_options,
+)
 from mxd_saelens.splice import SplicedLayer
 from mxd_saelens.trainer import PairedSAETrainer, scheduler_notices_silenced
 from mxd_saelens.warm_start import mlp_weights, warm_start_, warm_start_transcoder_
@@ -174,6 +178,13 @@ def _check_device(field: str, device: str) -> None:
         raise ValueError(f"{field}={device!r} is not a torch device ({error}).") from None
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{field}={device!r}, but torch sees no CUDA device here; use 'cpu'.")
+    index = torch.device(device).index
+    if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise ValueError(
+            f"{field}={device!r}, but torch sees only {n} CUDA device(s) here: use cuda:0 to "
+            f"cuda:{n - 1}."
+        )
     if kind == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"{field}={device!r}, but MPS is not available here; use 'cpu'.")
 
@@ -299,10 +310,33 @@ def paired_data(
     )
 
 
+def load_training_model(
+    cfg: LanguageModelSAERunnerConfig[Any], override_model: HookedRootModule | None = None
+) -> tuple[HookedRootModule, dict[str, Any] | None]:
+    """The model to train on, and the loading options to record in the layer: a model by name
+    loads with its norms folded (:func:`~mxd_saelens.sources.paired_loading_options`); a model
+    given as an object is used as it is (the MLP check refuses one with affine norms)."""
+    if override_model is not None:
+        return override_model, cfg.model_from_pretrained_kwargs
+    options = paired_loading_options(cfg.model_class_name, cfg.model_from_pretrained_kwargs)
+    model = load_language_model(
+        cfg.model_name,
+        cfg.model_class_name,
+        device=cfg.llm_device or cfg.device,
+        model_from_pretrained_kwargs=options,
+    )
+    return model, options
+
+
 def set_layer_metadata(
-    sae: TrainingSAE[Any], cfg: LanguageModelSAERunnerConfig[Any], hooks: MLPHooks
+    sae: TrainingSAE[Any],
+    cfg: LanguageModelSAERunnerConfig[Any],
+    hooks: MLPHooks,
+    model_loading: dict[str, Any] | None = None,
 ) -> None:
-    """What SAELens records about the data a layer was trained on, plus the output hook."""
+    """What SAELens records about the data a layer was trained on, plus the output hook and
+    the options the model was loaded with (``model_loading``; default the config's), so that
+    the layer's model is loaded again as it was trained."""
     metadata = sae.cfg.metadata
     metadata.dataset_path = cfg.dataset_path
     metadata.hook_name = hooks.hook_in
@@ -315,7 +349,9 @@ def set_layer_metadata(
     # a bundled model takes no loading options; recording SAELens's default would make every
     # load of the layer warn about them
     bundled = cfg.model_name in zoo.list_models()
-    metadata.model_from_pretrained_kwargs = {} if bundled else cfg.model_from_pretrained_kwargs
+    if model_loading is None:
+        model_loading = cfg.model_from_pretrained_kwargs
+    metadata.model_from_pretrained_kwargs = {} if bundled else model_loading
     metadata.prepend_bos = cfg.prepend_bos
     metadata.exclude_special_tokens = cfg.exclude_special_tokens
     metadata.sequence_separator_token = cfg.sequence_separator_token
@@ -440,12 +476,7 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
             check_checkpoint_folder(cfg.resume_from_checkpoint)
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
-        self.model = override_model or load_language_model(
-            cfg.model_name,
-            cfg.model_class_name,
-            device=cfg.llm_device or cfg.device,
-            model_from_pretrained_kwargs=cfg.model_from_pretrained_kwargs,
-        )
+        self.model, self.model_loading = load_training_model(cfg, override_model)
         check_against_model(self.model, cfg)
         if override_dataset is None:
             override_dataset = load_dataset_source(cfg.dataset_path)
@@ -476,7 +507,7 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
         )
 
     def _set_sae_metadata(self) -> None:
-        set_layer_metadata(self.sae, self.cfg, self.hooks)
+        set_layer_metadata(self.sae, self.cfg, self.hooks, self.model_loading)
 
     @torch.no_grad()
     def _initialize_from_data(self, trainer: PairedSAETrainer) -> None:

@@ -1,13 +1,16 @@
 """Where models and datasets come from: the bundled zoo, local files, or the hub.
 
 Hub names (``gpt2``, ``Skylion007/openwebtext``) go through SAELens's and datasets' own loading
-code, untouched. The bundled models load by name (``tiny-gelu``), the bundled corpus as
+code; a TransformerLens model loaded by name for paired training has its norms folded
+(:func:`paired_loading_options`), and a saved layer's model is loaded as the layer recorded
+(:func:`load_model_of_layers`). The bundled models load by name (``tiny-gelu``), the bundled corpus as
 ``dataset_path="zoo"`` (or ``zoo:heldout``), and a local ``.json``/``.jsonl``/``.jsonl.gz``/
 ``.parquet``/``.txt`` file or folder through ``datasets`` without any network.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,41 @@ def load_language_model(
         model_name,
         device=device,
         model_from_pretrained_kwargs=model_from_pretrained_kwargs,
+    )
+
+
+def paired_loading_options(
+    model_class_name: str, model_from_pretrained_kwargs: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The loading options paired training loads a model by name with.
+
+    SAELens loads a ``HookedTransformer`` with ``from_pretrained_no_processing``, which keeps
+    the norms' weights and biases: then ``blocks.L.ln2.hook_normalized`` is not what the MLP's
+    weights see, and a layer trained on it would not replace the MLP. So ``fold_ln=True`` is
+    added unless the options name ``fold_ln`` themselves; every other option is kept as given.
+    """
+    options = dict(model_from_pretrained_kwargs or {})
+    if model_class_name == "HookedTransformer":
+        options.setdefault("fold_ln", True)
+    return options
+
+
+def load_model_of_layers(
+    layers: Iterable[Any], model_name: str | None = None, device: str = "cpu"
+) -> HookedRootModule:
+    """The model saved layers were trained on, loaded as they were: the name, class and
+    loading options recorded in the first layer's metadata (``model_name`` overrides the name).
+    A layer that records no options gets paired training's (:func:`paired_loading_options`)."""
+    metadata = next((layer.cfg.metadata for layer in layers), None)
+    model_name = model_name or getattr(metadata, "model_name", None)
+    if not model_name:
+        raise ValueError("the layers do not record their model; pass --model")
+    class_name = getattr(metadata, "model_class_name", None) or "HookedTransformer"
+    options = getattr(metadata, "model_from_pretrained_kwargs", None)
+    if options is None:
+        options = paired_loading_options(class_name, None)
+    return load_language_model(
+        model_name, class_name, device=device, model_from_pretrained_kwargs=options
     )
 
 

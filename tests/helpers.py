@@ -100,3 +100,54 @@ def _wandb_records(data: bytes) -> list[Any]:
 def wandb_record_kinds(run_file: Path) -> list[str]:
     """The kind of every record in an offline wandb run file (``history``, ``artifact`` …)."""
     return [r.WhichOneof("record_type") for r in _wandb_records(run_file.read_bytes())]
+
+
+# hub names the stand-ins are saved under. TransformerLens resolves "gpt2" through
+# AutoConfig (the cache's config.json); every official name containing "llama" gets a
+# hard-coded full-size config, so the Llama-shaped stand-in takes the name of a Llama-
+# architecture model whose config TransformerLens reads from its config.json (Yi).
+HUB_STAND_INS = {"gpt2": "gpt2", "llama": "01-ai/Yi-6B"}
+_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@torch.no_grad()
+def write_hub_stand_in(hub_cache: Path, kind: str, seed: int = 0) -> str:
+    """A random 2-block, d_model-64 model of ``kind`` ("gpt2": LayerNorm, GELU MLP; "llama":
+    RMSNorm, gated SiLU MLP) with non-trivial norm weights (and biases), saved with
+    ``save_pretrained`` where ``from_pretrained`` finds it offline under its hub name in
+    ``hub_cache`` (a ``HF_HUB_CACHE``); returns the name."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from mxd_saelens import zoo
+
+    tokenizer = zoo.load_tokenizer()
+    torch.manual_seed(seed)
+    if kind == "gpt2":
+        config = GPT2Config(
+            n_layer=2, n_embd=64, n_head=4, n_positions=128, n_ctx=128, vocab_size=len(tokenizer)
+        )
+        model: Any = GPT2LMHeadModel(config)
+    else:
+        config = LlamaConfig(
+            num_hidden_layers=2,
+            hidden_size=64,
+            intermediate_size=128,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=128,
+            vocab_size=len(tokenizer),
+            tie_word_embeddings=False,
+        )
+        model = LlamaForCausalLM(config)
+    for name, param in model.named_parameters():
+        if "ln" in name or "norm" in name:  # the norms' affine parts, far from (1, 0)
+            base = 1.0 if name.endswith("weight") else 0.0
+            param.copy_(base + 0.5 * torch.randn_like(param))
+    name = HUB_STAND_INS[kind]
+    repo = hub_cache / f"models--{name.replace('/', '--')}"
+    snapshot = repo / "snapshots" / _COMMIT
+    model.save_pretrained(snapshot)
+    tokenizer.save_pretrained(snapshot)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(_COMMIT)
+    return name

@@ -19,6 +19,7 @@ import torch
 import mxd_saelens as mxd
 from mxd_saelens import zoo
 from mxd_saelens.analysis import check_code
+from mxd_saelens.cli import UserError, parse_train_args
 from mxd_saelens.directions import output_directions
 from mxd_saelens.hooks import MLPHookMismatch, resolve_mlp_hooks
 from mxd_saelens.layers import load_layer
@@ -234,7 +235,19 @@ CASES: list[Case] = [
         "unknown architecture",
         lambda ws: mxd.runner_config("mxdd"),
         ValueError,
-        "choose one of mxd, topk_transcoder",
+        r"unknown architecture 'mxdd' \(did you mean mxd\?\); the architectures that replace",
+    ),
+    Case(
+        "unknown architecture, a digit too many",
+        lambda ws: mxd.runner_config("mxd2", model_name=MODEL, layer=LAYER),
+        ValueError,
+        r"unknown architecture 'mxd2' \(did you mean mxd\?\)",
+    ),
+    Case(
+        "unknown --architecture on the command line",
+        lambda ws: parse_train_args(["--architecture", "mxd2", "--layer", str(LAYER)]),
+        UserError,
+        r"invalid choice: 'mxd2' .*did you mean mxd\?",
     ),
     Case("n_experts and d_sae disagree", lambda ws: _train(ws, d_sae=32), ValueError, "n_experts"),
     Case("unknown loss", lambda ws: _train(ws, loss="l2"), ValueError, "loss="),
@@ -295,7 +308,10 @@ CASES: list[Case] = [
         "dtype that does not exist", lambda ws: _train(ws, dtype="float17"), ValueError, "float17"
     ),
     Case(
-        "CUDA on a machine without it", lambda ws: _train(ws, device="cuda"), ValueError, "no CUDA"
+        "a CUDA device this machine does not have",
+        lambda ws: _train(ws, device="cuda:99"),
+        ValueError,
+        r"device='cuda:99', but torch sees (no|only \d+) CUDA device",
     ),
     Case(
         "device that is not a device",

@@ -271,3 +271,24 @@ def test_a_bundled_model_trains_on_the_bundled_corpus_unless_told_otherwise(caps
     flags += "--log_to_wandb False"
     assert main(["train", *shlex.split(flags)]) == 2
     assert "--dataset_path" in _one_error_line(capsys)
+
+
+def test_the_installed_console_script_runs_the_cli() -> None:
+    """``mxd-saelens`` itself (the entry point pyproject.toml declares), beside this Python."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = shutil.which("mxd-saelens", path=str(Path(sys.executable).parent))
+    assert script is not None, "mxd-saelens is not installed beside this Python (pip install -e .)"
+    # the script imports this checkout's package, whatever copy is installed
+    root = str(Path(__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH")))),
+    }
+    done = subprocess.run([script, "--help"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert all(name in done.stdout for name in COMMANDS)

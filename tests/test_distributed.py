@@ -5,6 +5,7 @@ per-process batch, one checkpoint on Ctrl-C, and an exact resumption."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -35,8 +36,13 @@ def cache(tmp_path_factory) -> Path:
     return folder
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    # the processes import this checkout's package, whatever copy is installed
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": path}
 
 
 def torchrun(args: str, cwd: Path, **popen: object) -> subprocess.Popen:
@@ -70,8 +76,82 @@ def test_two_processes_at_half_the_batch_train_the_one_process_layer(cache, tmp_
     assert_close(weights(tmp_path / "two"), weights(tmp_path / "one"), rtol=1e-4, atol=1e-6)
 
 
+GRADIENTS = """
+import sys, torch
+from sae_lens.saes.sae import TrainStepInput
+import mxd_saelens as mxd
+from mxd_saelens.distributed import Distributed, data_parallel
+
+def layer():  # random weights everywhere: the paper's init leaves most gradients at zero
+    sae = mxd.MxDTrainingSAE(
+        mxd.MxDTrainingSAEConfig(d_in=12, d_out=10, d_hidden=24, n_experts=40, k=4)
+    )
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
+    sae.normalize_experts()
+    return sae
+
+def step_input(rows):
+    return TrainStepInput(sae_in=rows, coefficients={}, dead_neuron_mask=None,
+                          n_training_steps=0, is_logging_step=False)
+
+def grads(sae):
+    return {n: p.grad.clone() for n, p in sae.named_parameters() if p.grad is not None}
+
+distributed = Distributed.from_environment()
+batch = torch.randn(64, 22, generator=torch.Generator().manual_seed(1))
+halves = batch.chunk(distributed.world_size)
+sae = layer()
+forward = data_parallel(sae, distributed)  # held: the backward runs DDP's hooks on it
+forward(step_input(halves[distributed.rank])).loss.backward()
+if distributed.is_main:
+    # the one-process reference: each half's gradient alone, averaged by hand
+    per_half = []
+    for half in halves:
+        alone = layer()
+        alone.training_forward_pass(step_input=step_input(half)).loss.backward()
+        per_half.append(grads(alone))
+    mean = {n: sum(g[n] for g in per_half) / len(per_half) for n in per_half[0]}
+    torch.save({"ddp": grads(sae), "mean": mean, "first": per_half[0]}, sys.argv[1])
+"""
+
+
+def test_data_parallel_gradients_are_the_mean_of_the_ranks_gradients(tmp_path):
+    """The gradients themselves, before clipping and Adam (both blind to a constant factor):
+    each rank's gradient on its half of the batch, averaged; a sum would be twice that."""
+    script = tmp_path / "gradients.py"
+    script.write_text(GRADIENTS)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node", "2", str(script), str(tmp_path / "grads.pt")]
+    done = subprocess.run(command, cwd=tmp_path, env=env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = torch.load(tmp_path / "grads.pt", weights_only=True)
+    ddp, mean = saved["ddp"], saved["mean"]
+    assert ddp.keys() == mean.keys() and "W_experts" in ddp
+    for name in ddp:
+        torch.testing.assert_close(ddp[name], mean[name], rtol=1e-5, atol=1e-6)
+        # every gradient is non-zero and the halves' differ: neither a sum (twice the mean)
+        # nor one rank's own gradient would pass
+        assert mean[name].abs().max() > 1e-3, name
+        assert not torch.allclose(saved["first"][name], mean[name], rtol=1e-2), name
+
+
+def wait_for_trained_tokens(log: Path, tokens: int, at_least: int, timeout: float = 300) -> int:
+    """Poll the run's progress bar (``N/tokens``, written by rank 0 and 1 alike) until it has
+    counted ``at_least`` trained tokens; return the count seen."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        counts = [int(n) for n in re.findall(rf"(\d+)/{tokens}\b", log.read_text())]
+        if counts and max(counts) >= at_least:
+            return max(counts)
+        time.sleep(0.05)
+    raise TimeoutError(f"no {at_least} trained tokens in {log} after {timeout} s")
+
+
 def interrupt_and_resume_exactly(common: str, tokens: int, tmp_path) -> None:
-    """Run ``common`` straight, then again under torchrun with Ctrl-C once training has started:
+    """Run ``common`` straight, then again under torchrun with Ctrl-C once a few steps are done:
     both processes stop with one checkpoint and nothing final written, the resumed run equals
     the straight one bit for bit, and a resumption with one process is refused."""
     run_to_end(f"{common} --output_path {tmp_path / 'straight'} --checkpoint_path None", tmp_path)
@@ -84,10 +164,7 @@ def interrupt_and_resume_exactly(common: str, tokens: int, tmp_path) -> None:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 300
-        while "Training SAE" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(1.0)
+        seen = wait_for_trained_tokens(log, tokens, at_least=4096)  # 4 steps of 1,024
         os.killpg(run.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group gets SIGINT
         run.wait(timeout=120)  # background forwards, if any, stop too: the processes exit
     text = log.read_text()
@@ -96,7 +173,7 @@ def interrupt_and_resume_exactly(common: str, tokens: int, tmp_path) -> None:
     assert len(checkpoints) == 1, (checkpoints, text[-3000:])
     assert not (tmp_path / "resumed" / "cfg.json").exists()  # nothing final written
     assert text.count("training interrupted; resume with") == 2  # both ranks stopped there
-    assert 0 < int(checkpoints[0].name) < tokens
+    assert seen <= int(checkpoints[0].name) < tokens
 
     run_to_end(f"{common} --output_path {tmp_path / 'resumed'} --checkpoint_path None "
                f"--resume_from_checkpoint {checkpoints[0]}", tmp_path)  # fmt: skip

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from datasets import Dataset
 from sae_lens import SAE, LanguageModelSAERunnerConfig
 from sae_lens.config import LoggingConfig
 from safetensors.torch import load_file
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import mxd_saelens as mxd
 import mxd_saelens.hooks
@@ -183,6 +186,52 @@ def test_interrupted_and_resumed_run_equals_the_straight_run(tiny_model, text_da
         assert torch.equal(resumed.state_dict()[name], value), name  # bit for bit
 
 
+@contextmanager
+def learning_rates() -> Iterator[list[float]]:
+    """The learning rate of every optimiser step taken inside the block (torch's global
+    optimiser hook, so the trainer's own optimiser and scheduler are observed as they are)."""
+    seen: list[float] = []
+    handle = register_optimizer_step_pre_hook(
+        lambda optimizer, args, kwargs: seen.append(optimizer.param_groups[0]["lr"])
+    )
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def test_warm_up_and_decay_continue_exactly_across_a_resume(tiny_model, text_dataset, tmp_path):
+    schedule = {  # 24 steps: 6 of warm-up, then a cosine decay over 12, then lr_end
+        "lr_warm_up_steps": 6,
+        "lr_scheduler_name": "cosineannealing",
+        "lr_decay_steps": 12,
+        "lr_end": 3e-4,
+    }
+    data = {"override_model": tiny_model, "override_dataset": text_dataset}
+    with learning_rates() as straight:
+        PairedTrainingRunner(_resumable_config(tmp_path, "straight", **schedule), **data).run()
+    assert len(straight) == 24 and len(set(straight)) > 12  # warm-up and decay both moved it
+
+    calls = {"n": 0}
+
+    def interrupt_at_step_9(acts, hook):  # inside the warm-up's end: 9 of 24 steps
+        calls["n"] += 1
+        if calls["n"] == 9:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    first = PairedTrainingRunner(_resumable_config(tmp_path, "resumed", **schedule), **data)
+    first.sae.hook_sae_input.add_hook(interrupt_at_step_9)
+    with learning_rates() as before, pytest.raises(TrainingInterrupted) as stopped:
+        first.run()
+    resume = {"resume_from_checkpoint": str(stopped.value.checkpoint)}
+    with learning_rates() as after:
+        PairedTrainingRunner(
+            _resumable_config(tmp_path, "resumed", **schedule, **resume), **data
+        ).run()
+    assert len(before) == 9
+    assert before + after == straight  # the same rate at every step, to the last bit
+
+
 def test_wandb_offline_logs_training_and_splice_metrics(tiny_model, text_dataset, tmp_path):
     started = time.time()
     cfg = runner_config(
@@ -289,7 +338,9 @@ def test_three_ways_to_configure_are_equivalent() -> None:
         assert (cfg.model_name, cfg.hook_name, cfg.lr) == (flat.model_name, flat.hook_name, flat.lr)
     with pytest.raises(ValueError, match=r"'n_expert' \(did you mean n_experts"):
         runner_config("mxd", d_in=8, n_expert=10)
-    with pytest.raises(ValueError, match="architecture 'moe' does not replace an MLP"):
+    with pytest.raises(ValueError, match="architecture 'topk' does not replace an MLP"):
+        runner_config("topk", d_in=8)
+    with pytest.raises(ValueError, match=r"unknown architecture 'moe'; the architectures"):
         runner_config("moe", d_in=8)
 
 

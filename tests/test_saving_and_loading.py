@@ -95,6 +95,33 @@ def test_stock_transcoders_load_without_this_package(tmp_path: Path) -> None:
         torch.testing.assert_close(torch.load(tmp_path / "out.pt", weights_only=True), expected)
 
 
+def test_an_mxd_folder_in_a_process_without_this_package_fails_as_the_readme_says(
+    tmp_path: Path,
+) -> None:
+    """SAELens has no plugin discovery: a fresh process that never imports mxd_saelens gets
+    SAELens's bare ``KeyError: 'mxd'`` (the README names it and the fix), and the same process
+    loads the folder once it imports the package."""
+    saved_layer("mxd", tmp_path / "layer")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from sae_lens import SAE
+        try:
+            SAE.load_from_disk({str(tmp_path / "layer")!r})
+        except KeyError as error:
+            print("KeyError:", error)
+        assert "mxd_saelens" not in sys.modules
+        import mxd_saelens
+        print(type(SAE.load_from_disk({str(tmp_path / "layer")!r})).__name__)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[:2] == ["KeyError: 'mxd'", "MxD"], done.stdout
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "without it SAELens fails with `KeyError: 'mxd'`" in readme
+
+
 def test_from_pretrained_reads_a_local_hugging_face_cache_offline(tmp_path: Path) -> None:
     """SAE.from_pretrained("org/repo", "some_folder") through SAELens's and huggingface_hub's
     real code, from a cache laid out on disk, with HF_HUB_OFFLINE=1."""

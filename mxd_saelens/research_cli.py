@@ -11,7 +11,7 @@ from typing import Any
 from simple_parsing import field
 from simple_parsing.helpers import choice
 
-from mxd_saelens.cli import UserError, parse_options
+from mxd_saelens.cli_parsing import UserError, parse_options
 from mxd_saelens.probing import HUB_SETS, PAPER_CONTEXT
 from mxd_saelens.steering import PAPER_PROMPT, PAPER_STRENGTH
 

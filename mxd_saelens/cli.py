@@ -27,6 +27,7 @@ import mxd_saelens  # noqa: F401  (registers the architectures)
 from mxd_saelens import zoo
 from mxd_saelens.cli_parsing import CommandParser, UserError, parse_options
 from mxd_saelens.config import fields_from_model
+from mxd_saelens.flag_help import GROUP_HELP, help_for
 from mxd_saelens.hooks import MLPHookMismatch, layer_of
 from mxd_saelens.model_fields import PAIRED_ARCHITECTURES
 from mxd_saelens.zoo import ZooFileError
@@ -101,20 +102,16 @@ def _layer_fields(options: TrainOptions, given: dict[str, Any], help_only: bool)
     return {"model_name": model, **from_model}
 
 
-HOOK_NAME_HELP = (
-    "The layer's input hook, the MLP's input: blocks.L.ln2.hook_normalized for --layer L "
-    "(blocks.L.hook_resid_mid in a model without norms)."
-)
-
-
-DATASET_HELP = (
-    "Training text: 'zoo' (the bundled corpus, the default for a bundled model), a local file "
-    "or folder (json, jsonl, parquet, csv, txt), or a Hugging Face dataset name."
-)
-
-
 def _default_dataset(model: str) -> str:
     return "zoo" if model in zoo.list_models() else ""
+
+
+def train_flag_help(dest: str) -> str | None:
+    """The help sentence of a ``train`` flag taken from SAELens's configs; None for this
+    package's own flags (:class:`TrainOptions`, the layer configs), which keep their docstrings."""
+    if dest.startswith("options."):
+        return None
+    return help_for(dest)
 
 
 def _train_parser(
@@ -134,12 +131,12 @@ def _train_parser(
             (
                 "hook_name",
                 str,
-                field(default=fields.get("hook_name", ""), help=HOOK_NAME_HELP),
+                dataclass_field(default=fields.get("hook_name", "")),
             ),
             (
                 "dataset_path",
                 str,
-                field(default=_default_dataset(fields["model_name"]), help=DATASET_HELP),
+                dataclass_field(default=_default_dataset(fields["model_name"])),
             ),
             (
                 "sae",
@@ -153,7 +150,12 @@ def _train_parser(
         bases=(LanguageModelSAERunnerConfig,),
     )
     cli_class.__doc__ = "SAELens's LanguageModelSAERunnerConfig, and the layer's config."
-    parser = CommandParser(prog="mxd-saelens train", description=TRAIN_DESCRIPTION)
+    parser = CommandParser(
+        prog="mxd-saelens train",
+        description=TRAIN_DESCRIPTION,
+        flag_help=train_flag_help,
+        group_help=GROUP_HELP,
+    )
     parser.add_arguments(TrainOptions, dest="options")
     parser.add_arguments(cli_class, dest="cfg")
     return parser
@@ -167,16 +169,23 @@ def parse_train_args(
     shape is read from the model's config for the block ``--layer`` (or ``--hook_name``) names;
     flags given explicitly win."""
     args = list(args) or ["--help"]
-    options = _train_options(args)
     given = _given(args)
-    fields = _layer_fields(options, given, help_only=_wants_help(args))
-    parser = _train_parser(options.architecture, fields, given)
-    cfg = parser.parse_args(args).cfg
+    fields, parser = train_parser(args)
+    parsed = parser.parse_args(args)
+    cfg, options = parsed.cfg, parsed.options
     if cfg.cached_activations_path is not None and "dataset_path" not in given:
         cfg.dataset_path = ""  # the cache's, which the runner reads from its manifest
     elif not cfg.dataset_path:  # SAELens would find out only after loading the model
         raise UserError(f"say what to train on: --dataset_path (no default for {cfg.model_name})")
     return cfg, options.hook_name_out or fields.get("hook_name_out"), options.check_mlp_hooks
+
+
+def train_parser(args: Sequence[str]) -> tuple[dict[str, Any], CommandParser]:
+    """The fields read from the model for ``args`` and the ``train`` parser built on them."""
+    options = _train_options(args)
+    given = _given(args)
+    fields = _layer_fields(options, given, help_only=_wants_help(args))
+    return fields, _train_parser(options.architecture, fields, given)
 
 
 TRAIN_DESCRIPTION = (
@@ -216,8 +225,9 @@ class EvalOptions:
     """Folders of saved layers."""
     model: str | None = None
     """Model name (default: the first layer's model_name)."""
-    dataset: str = "zoo:heldout"
-    """Held-out text: the bundled corpus's split, a local file or folder, or a hub dataset."""
+    dataset_path: str = "zoo:heldout"
+    """Held-out text: the bundled corpus's split, a local file or folder, or a hub dataset
+    (--dataset, its old name, still works)."""
     n_sequences: int | None = None
     """Evaluate on the first N sequences (default: every full sequence of the dataset)."""
     context_size: int = 128
@@ -263,7 +273,7 @@ def evaluate(args: Sequence[str]) -> None:
     if not model_name:
         raise UserError("the layers do not record their model; pass --model")
     model = load_language_model(model_name, device=opts.device)
-    tokens = token_sequences(model, opts.dataset, opts.context_size, opts.n_sequences)
+    tokens = token_sequences(model, opts.dataset_path, opts.context_size, opts.n_sequences)
     result = evaluate_layers(model, layers, tokens.to(opts.device), batch_size=opts.batch_size)
     if opts.specialisation:
         add_specialisation(result.rows, layer_specialisation(model, layers))

@@ -338,6 +338,12 @@ def dashboard(args: Sequence[str]) -> None:
     run_dashboard(args)
 
 
+def upload(args: Sequence[str]) -> None:
+    from mxd_saelens.hub import upload as run_upload
+
+    run_upload(args)
+
+
 # name → (what it does, in one line; the function that runs it)
 COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], None]]] = {
     "demo": ("train, splice and compare an MxD and matched transcoders on the bundled model", demo),
@@ -347,6 +353,7 @@ COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], None]]] = {
     "probe": ("sparse probing of saved layers' codes (and the MLP's neurons)", probe),
     "steer": ("steer generation with one expert or latent of a saved layer", steer),
     "dashboard": ("an offline HTML page per expert or latent: firing, contexts, tokens", dashboard),
+    "upload": ("publish saved layers on the Hugging Face hub with a model card", upload),
 }
 
 # mistakes in what was asked for, printed as one line; anything else is a bug and raises

@@ -100,3 +100,18 @@ def _wandb_records(data: bytes) -> list[Any]:
 def wandb_record_kinds(run_file: Path) -> list[str]:
     """The kind of every record in an offline wandb run file (``history``, ``artifact`` …)."""
     return [r.WhichOneof("record_type") for r in _wandb_records(run_file.read_bytes())]
+
+
+def as_hub_cache(repo_folder: Path, repo_id: str, cache: Path) -> str:
+    """Lay out ``repo_folder`` (the files of a hub repository) as the Hugging Face hub cache
+    holds a downloaded repository: ``models--USER--REPO/snapshots/<commit>/...`` and
+    ``refs/main`` naming the commit. Returns the commit hash."""
+    import hashlib
+    import shutil
+
+    root = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    shutil.copytree(repo_folder, root / "snapshots" / commit)
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    return commit

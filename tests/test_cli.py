@@ -333,10 +333,11 @@ def test_every_flag_of_the_other_commands_has_help():
     from mxd_saelens.cache import CacheConfig
     from mxd_saelens.cli_parsing import CommandParser
     from mxd_saelens.demo import DemoOptions
+    from mxd_saelens.hub import UploadOptions
     from mxd_saelens.research_cli import DashboardOptions
 
     for options in (EvalOptions, CacheConfig, DemoOptions, ProbeOptions, SteerOptions,
-                    DashboardOptions):  # fmt: skip
+                    DashboardOptions, UploadOptions):  # fmt: skip
         parser = CommandParser(prog=options.__name__)
         parser.add_arguments(options, dest="options")
         _assert_readable(_flag_helps(parser), options.__name__)

@@ -371,12 +371,19 @@ def staged_files(layers: Iterable[PublishedLayer]) -> list[str]:
     return sorted(paths)
 
 
+def check_new_folder(path: str | Path) -> Path:
+    """``path``, refused if it is a file or a folder with anything in it: the staged folder
+    holds the upload's files and nothing else."""
+    out = Path(path)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not an empty folder; give a new --local_dir")
+    return out
+
+
 def stage(repo_id: str, layers: Sequence[PublishedLayer], out_dir: str | Path) -> Path:
     """Write what the hub receives to ``out_dir`` (which must be new or empty): each layer's
     files in SAELens's upload set under ``<sae_id>/``, and the model card as ``README.md``."""
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} exists and is not an empty folder; give a new --local_dir")
+    out = check_new_folder(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for item in layers:
         target = out / item.sae_id
@@ -469,11 +476,7 @@ def upload(args: Sequence[str]) -> None:
             "the hub would receive to a folder"
         )
     if opts.local_dir is not None:
-        out = Path(opts.local_dir)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):  # before any evaluation
-            raise FileExistsError(
-                f"{out} exists and is not an empty folder; give a new --local_dir"
-            )
+        check_new_folder(opts.local_dir)  # before any evaluation
     layers = collect_layers(opts.layers, opts.sae_ids or None)
     if opts.eval_results:
         attach_evaluation(layers, opts.eval_results)

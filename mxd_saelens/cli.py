@@ -8,91 +8,31 @@ config class from SAELens's registry (so ``--architecture mxd`` exposes ``--n_ex
 
 from __future__ import annotations
 
-import difflib
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, make_dataclass
 from dataclasses import field as dataclass_field
 from dataclasses import fields as dataclass_fields
 from functools import partial
-from typing import Any, NoReturn, TypeVar
+from typing import Any
 
 from sae_lens.config import LanguageModelSAERunnerConfig
 from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
 from sae_lens.saes.sae import TrainingSAEConfig
-from simple_parsing import ArgumentParser, field, subgroups
+from simple_parsing import field, subgroups
 from simple_parsing.helpers import choice
 
 import mxd_saelens  # noqa: F401  (registers the architectures)
 from mxd_saelens import zoo
+from mxd_saelens.cli_parsing import CommandParser, UserError, parse_options
 from mxd_saelens.config import fields_from_model
+from mxd_saelens.flag_help import GROUP_HELP, help_for
 from mxd_saelens.hooks import MLPHookMismatch, layer_of
 from mxd_saelens.model_fields import PAIRED_ARCHITECTURES
 from mxd_saelens.zoo import ZooFileError
 
 DEFAULT_MODEL = "tiny-gelu"
-Options = TypeVar("Options")
-
-
-class UserError(ValueError):
-    """A mistake in what the user asked for: printed as one ``error:`` line."""
-
-
-class CommandParser(ArgumentParser):
-    """simple_parsing's parser, whose mistakes (unknown flags, bad values) raise
-    :class:`UserError` instead of printing the usage block and exiting."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("allow_abbrev", False)  # a typo must not silently pick another flag
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> NoReturn:
-        raise UserError(f"{_with_closest_choice(message)} ({self.prog} --help lists the flags)")
-
-    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
-        """As argparse's, with a config class refusing a value reported as a :class:`UserError`,
-        after any unknown flag (simple_parsing builds the configs before it checks the flags)."""
-        try:
-            return super().parse_args(args, namespace)
-        except (ValueError, TypeError) as error:
-            unknown = [
-                a
-                for a in args or ()
-                if _is_flag(a) and a.split("=")[0] not in self._option_string_actions
-            ]
-            if unknown:
-                self.error(f"unrecognized arguments: {' '.join(unknown)}")
-            raise UserError(str(error)) from None
-
-
-def _with_closest_choice(message: str) -> str:
-    """argparse's "invalid choice" message, with the closest choices named first."""
-    found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
-    if found is None:
-        return message
-    choices = re.findall(r"'([^']*)'", found.group(2))
-    close = difflib.get_close_matches(found.group(1), choices, n=2, cutoff=0.5)
-    if not close:
-        return message
-    end = found.end() - 1  # the closing parenthesis of the choices
-    return f"{message[:end]}; did you mean {' or '.join(close)}?{message[end:]}"
-
-
-def _is_flag(arg: str) -> bool:
-    try:
-        float(arg)
-    except ValueError:
-        return arg.startswith("-")
-    return False  # a negative number is a value
-
-
-def parse_options(cls: type[Options], args: Sequence[str], prog: str, description: str) -> Options:
-    """An instance of the dataclass ``cls`` from command-line flags named after its fields."""
-    parser = CommandParser(prog=prog, description=description)
-    parser.add_arguments(cls, dest="options")
-    return parser.parse_args(list(args)).options
 
 
 @dataclass
@@ -162,20 +102,16 @@ def _layer_fields(options: TrainOptions, given: dict[str, Any], help_only: bool)
     return {"model_name": model, **from_model}
 
 
-HOOK_NAME_HELP = (
-    "The layer's input hook, the MLP's input: blocks.L.ln2.hook_normalized for --layer L "
-    "(blocks.L.hook_resid_mid in a model without norms)."
-)
-
-
-DATASET_HELP = (
-    "Training text: 'zoo' (the bundled corpus, the default for a bundled model), a local file "
-    "or folder (json, jsonl, parquet, csv, txt), or a Hugging Face dataset name."
-)
-
-
 def _default_dataset(model: str) -> str:
     return "zoo" if model in zoo.list_models() else ""
+
+
+def train_flag_help(dest: str) -> str | None:
+    """The help sentence of a ``train`` flag taken from SAELens's configs; None for this
+    package's own flags (:class:`TrainOptions`, the layer configs), which keep their docstrings."""
+    if dest.startswith("options."):
+        return None
+    return help_for(dest)
 
 
 def _train_parser(
@@ -195,12 +131,12 @@ def _train_parser(
             (
                 "hook_name",
                 str,
-                field(default=fields.get("hook_name", ""), help=HOOK_NAME_HELP),
+                dataclass_field(default=fields.get("hook_name", "")),
             ),
             (
                 "dataset_path",
                 str,
-                field(default=_default_dataset(fields["model_name"]), help=DATASET_HELP),
+                dataclass_field(default=_default_dataset(fields["model_name"])),
             ),
             (
                 "sae",
@@ -214,7 +150,12 @@ def _train_parser(
         bases=(LanguageModelSAERunnerConfig,),
     )
     cli_class.__doc__ = "SAELens's LanguageModelSAERunnerConfig, and the layer's config."
-    parser = CommandParser(prog="mxd-saelens train", description=TRAIN_DESCRIPTION)
+    parser = CommandParser(
+        prog="mxd-saelens train",
+        description=TRAIN_DESCRIPTION,
+        flag_help=train_flag_help,
+        group_help=GROUP_HELP,
+    )
     parser.add_arguments(TrainOptions, dest="options")
     parser.add_arguments(cli_class, dest="cfg")
     return parser
@@ -228,16 +169,23 @@ def parse_train_args(
     shape is read from the model's config for the block ``--layer`` (or ``--hook_name``) names;
     flags given explicitly win."""
     args = list(args) or ["--help"]
-    options = _train_options(args)
     given = _given(args)
-    fields = _layer_fields(options, given, help_only=_wants_help(args))
-    parser = _train_parser(options.architecture, fields, given)
-    cfg = parser.parse_args(args).cfg
+    fields, parser = train_parser(args)
+    parsed = parser.parse_args(args)
+    cfg, options = parsed.cfg, parsed.options
     if cfg.cached_activations_path is not None and "dataset_path" not in given:
         cfg.dataset_path = ""  # the cache's, which the runner reads from its manifest
     elif not cfg.dataset_path:  # SAELens would find out only after loading the model
         raise UserError(f"say what to train on: --dataset_path (no default for {cfg.model_name})")
     return cfg, options.hook_name_out or fields.get("hook_name_out"), options.check_mlp_hooks
+
+
+def train_parser(args: Sequence[str]) -> tuple[dict[str, Any], CommandParser]:
+    """The fields read from the model for ``args`` and the ``train`` parser built on them."""
+    options = _train_options(args)
+    given = _given(args)
+    fields = _layer_fields(options, given, help_only=_wants_help(args))
+    return fields, _train_parser(options.architecture, fields, given)
 
 
 TRAIN_DESCRIPTION = (
@@ -277,8 +225,9 @@ class EvalOptions:
     """Folders of saved layers."""
     model: str | None = None
     """Model name (default: the first layer's model_name)."""
-    dataset: str = "zoo:heldout"
-    """Held-out text: the bundled corpus's split, a local file or folder, or a hub dataset."""
+    dataset_path: str = "zoo:heldout"
+    """Held-out text: the bundled corpus's split, a local file or folder, or a hub dataset
+    (--dataset, its old name, still works)."""
     n_sequences: int | None = None
     """Evaluate on the first N sequences (default: every full sequence of the dataset)."""
     context_size: int = 128
@@ -324,7 +273,7 @@ def evaluate(args: Sequence[str]) -> None:
     if not model_name:
         raise UserError("the layers do not record their model; pass --model")
     model = load_model_of_layers(layers.values(), model_name, device=opts.device)
-    tokens = token_sequences(model, opts.dataset, opts.context_size, opts.n_sequences)
+    tokens = token_sequences(model, opts.dataset_path, opts.context_size, opts.n_sequences)
     result = evaluate_layers(model, layers, tokens.to(opts.device), batch_size=opts.batch_size)
     if opts.specialisation:
         add_specialisation(result.rows, layer_specialisation(model, layers))
@@ -389,6 +338,12 @@ def dashboard(args: Sequence[str]) -> None:
     run_dashboard(args)
 
 
+def upload(args: Sequence[str]) -> None:
+    from mxd_saelens.hub import upload as run_upload
+
+    run_upload(args)
+
+
 # name → (what it does, in one line; the function that runs it)
 COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], None]]] = {
     "demo": ("train, splice and compare an MxD and matched transcoders on the bundled model", demo),
@@ -398,6 +353,7 @@ COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], None]]] = {
     "probe": ("sparse probing of saved layers' codes (and the MLP's neurons)", probe),
     "steer": ("steer generation with one expert or latent of a saved layer", steer),
     "dashboard": ("an offline HTML page per expert or latent: firing, contexts, tokens", dashboard),
+    "upload": ("publish saved layers on the Hugging Face hub with a model card", upload),
 }
 
 # mistakes in what was asked for, printed as one line; anything else is a bug and raises

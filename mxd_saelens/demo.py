@@ -66,21 +66,26 @@ class DemoOptions:
     expansion: int = 32
     """Transcoder width as a multiple of d_model; the MxD is matched to it."""
     batch_tokens: int = 2048
+    """Tokens per training step."""
     lr: float | None = None
     """Adam learning rate for every layer; None: each architecture's own selected recipe
     (``RECIPES``). Warm-up over the first 5 % of the steps, constant, then a linear decay over
     the last 20 %. The paper's 1e-4 is for 480M tokens; short runs need more."""
     context_size: int = 128
+    """Tokens per sequence, in training and evaluation."""
     eval_sequences: int | None = None
     """Held-out sequences to evaluate on; default: the whole held-out split (~2,400)."""
     shuffle_tokens: int = 131_072
     """Tokens pooled in the shuffle buffer (about 60 documents of the bundled corpus)."""
     architectures: tuple[str, ...] = ("mxd", "topk_transcoder", "topk_skip_transcoder")
+    """The layers trained and compared, each parameter-matched to the transcoder's width."""
     specialisation: bool = True
     """Also probe each layer's codes and measure their usage (mxd_saelens.specialisation):
     how specialised the experts are, beside how faithful the layer is (about 30 s a layer)."""
     out_dir: str = "demo_output"
+    """Folder for the saved layers, results.json and report.html."""
     seed: int = 42
+    """Seed of the layers' initialisation and the data order."""
 
 
 def matched_layer_fields(model: Any, architecture: str, k: int, expansion: int) -> dict[str, Any]:

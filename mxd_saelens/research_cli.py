@@ -1,4 +1,5 @@
-"""``mxd-saelens probe`` and ``mxd-saelens steer``: sparse probing and steering of saved layers."""
+"""``mxd-saelens probe``, ``steer`` and ``dashboard``: sparse probing, steering and feature
+pages of saved layers."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from simple_parsing import field
 from simple_parsing.helpers import choice
 
-from mxd_saelens.cli import UserError, parse_options
+from mxd_saelens.cli_parsing import UserError, parse_options
 from mxd_saelens.probing import HUB_SETS, PAPER_CONTEXT
 from mxd_saelens.steering import PAPER_PROMPT, PAPER_STRENGTH
 
@@ -221,8 +222,9 @@ class DashboardOptions:
     """Folder of a saved layer."""
     features: list[int] = field(required=True, nargs="+")  # noqa: RUF009
     """Indices of the experts (MxD) or latents (transcoder) to show."""
-    dataset: str = "zoo:heldout"
-    """Text the features are read on: the bundled held-out split, a local file, or a hub set."""
+    dataset_path: str = "zoo:heldout"
+    """Text the features are read on: the bundled held-out split, a local file, or a hub set
+    (--dataset, its old name, still works)."""
     n_sequences: int = 256
     """Sequences of that text."""
     context_size: int = 128
@@ -250,7 +252,7 @@ def dashboard(args: Sequence[str]) -> None:
     features = check_features(layer, opts.features)  # before the model loads
     model = _load_model(opts.model, [layer], opts.device)
     model_name = opts.model or layer.cfg.metadata.model_name
-    tokens = token_sequences(model, opts.dataset, opts.context_size, opts.n_sequences)
+    tokens = token_sequences(model, opts.dataset_path, opts.context_size, opts.n_sequences)
     title = f"{layer.cfg.architecture()} {Path(opts.layer).name} on {model_name}"
     path = write_dashboard(layer, model, features, tokens, opts.out, title, opts.n_examples)
     print(f"wrote {path}")

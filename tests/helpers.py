@@ -151,3 +151,18 @@ def write_hub_stand_in(hub_cache: Path, kind: str, seed: int = 0) -> str:
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(_COMMIT)
     return name
+
+
+def as_hub_cache(repo_folder: Path, repo_id: str, cache: Path) -> str:
+    """Lay out ``repo_folder`` (the files of a hub repository) as the Hugging Face hub cache
+    holds a downloaded repository: ``models--USER--REPO/snapshots/<commit>/...`` and
+    ``refs/main`` naming the commit. Returns the commit hash."""
+    import hashlib
+    import shutil
+
+    root = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    shutil.copytree(repo_folder, root / "snapshots" / commit)
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    return commit

@@ -114,7 +114,7 @@ def test_layer_and_matched_width_fill_every_field_from_the_model():
 
 def test_help_shows_the_models_values_not_placeholders(capsys):
     text = _help(capsys, "train", "--model_name", "tiny-gelu", "--layer", "2")
-    assert "--d_in int (default: 128)" in text
+    assert "(default: 128)" in text.split("--d_in int")[2].split(" --")[0]  # [1]: the usage
     assert "--d_hidden int" in text and "(default: 512)" in text
     assert "(default: blocks.2.ln2.hook_normalized)" in text
     for flag in ("--layer", "--match_transcoder_width", "--hook_name_out", "--check_mlp_hooks"):
@@ -205,7 +205,7 @@ def test_the_packages_errors_are_one_line_and_bugs_still_raise(error, monkeypatc
 
 def test_eval_probe_steer_flags_come_from_dataclasses_with_the_old_names_and_defaults(capsys):
     ev = parse_options(EvalOptions, ["a", "b"], "eval", "")
-    assert (ev.layers, ev.dataset, ev.n_sequences, ev.context_size) == (
+    assert (ev.layers, ev.dataset_path, ev.n_sequences, ev.context_size) == (
         ["a", "b"],
         "zoo:heldout",
         None,
@@ -292,3 +292,98 @@ def test_the_installed_console_script_runs_the_cli() -> None:
     done = subprocess.run([script, "--help"], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert all(name in done.stdout for name in COMMANDS)
+
+
+# what SAELens's section comments put into the help before every flag had its own sentence
+COMMENT_ARTEFACTS = (
+    "Data Generating Function",
+    "Training Distibuion",
+    "Misc",
+    "# ",
+    "type: ignore",
+    "Activation Store Parameters",
+    "Training Parameters",
+    "Resampling protocol",
+    "Outputs/Checkpoints",
+    "<__TEMP__>",
+)
+SECTION_NAMES = ("WANDB", "Evals")  # as the whole help of a flag
+
+
+def _flag_helps(parser) -> dict[str, str]:
+    """Each flag's help as shown (simple_parsing's placeholders and default suffix removed)."""
+    parser.format_help()
+    helps = {}
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        text = (action.help or "").replace("(default: %(default)s)", "").strip()
+        flag = next(o for o in action.option_strings if o.startswith("--"))
+        helps[flag] = " ".join(text.split())
+    return helps
+
+
+def _assert_readable(helps: dict[str, str], where: str) -> None:
+    assert helps, where
+    for flag, text in helps.items():
+        assert text, f"{where} {flag} has no help"
+        for artefact in COMMENT_ARTEFACTS:
+            assert artefact not in text, f"{where} {flag}: {text!r}"
+        assert text not in SECTION_NAMES, f"{where} {flag}: {text!r}"
+    shared = {t for t in helps.values() if list(helps.values()).count(t) > 1}
+    assert not shared, f"{where}: flags share a help text {shared}"
+
+
+@pytest.mark.parametrize("architecture", PAIRED_ARCHITECTURES)
+def test_every_train_flag_has_a_sentence_of_its_own(architecture: str, capsys):
+    from mxd_saelens.cli import train_parser
+
+    _, parser = train_parser(["--architecture", architecture, "--help"])
+    helps = _flag_helps(parser)
+    _assert_readable(helps, f"train --architecture {architecture}")
+    for flag in ("--lr", "--adam_beta1", "--device", "--dtype", "--verbose", "--model_name"):
+        assert helps[flag].endswith("."), (flag, helps[flag])
+    text = _help(capsys, "train", "--architecture", architecture)
+    for artefact in COMMENT_ARTEFACTS:
+        assert artefact not in text, artefact
+    assert "LoggingConfig(" not in text and "Config(d_in" not in text  # generated signatures
+    assert "Adam's β1" in text and "Tokens the layer is trained on." in text
+
+
+def test_every_flag_of_the_other_commands_has_help():
+    from mxd_saelens.cache import CacheConfig
+    from mxd_saelens.cli_parsing import CommandParser
+    from mxd_saelens.demo import DemoOptions
+    from mxd_saelens.hub import UploadOptions
+    from mxd_saelens.research_cli import DashboardOptions
+
+    for options in (EvalOptions, CacheConfig, DemoOptions, ProbeOptions, SteerOptions,
+                    DashboardOptions, UploadOptions):  # fmt: skip
+        parser = CommandParser(prog=options.__name__)
+        parser.add_arguments(options, dest="options")
+        _assert_readable(_flag_helps(parser), options.__name__)
+
+
+def test_the_text_is_dataset_path_everywhere_and_the_old_flag_still_works(capsys):
+    for command in ("eval", "dashboard", "cache"):
+        text = _help(capsys, command)
+        assert "--dataset_path" in text and "--dataset " not in text, command
+    ev = parse_options(EvalOptions, ["a", "--dataset_path", "notes.txt"], "eval", "")
+    assert ev.dataset_path == "notes.txt"
+    capsys.readouterr()
+    for flags in (["--dataset", "old.txt"], ["--dataset=old.txt"]):
+        ev = parse_options(EvalOptions, ["a", *flags], "eval", "")
+        assert ev.dataset_path == "old.txt"
+        assert "--dataset is deprecated; use --dataset_path" in capsys.readouterr().err
+    # train never took --dataset: it stays an unknown flag there, not a silent alias
+    assert main(["train", "--layer", "2", "--n_experts", "8", "--dataset", "zoo"]) == 2
+    assert "unrecognized arguments: --dataset" in _one_error_line(capsys)
+
+
+def test_the_command_modules_do_not_import_each_other():
+    import subprocess
+    import sys
+
+    code = "import sys, mxd_saelens.research_cli; print('mxd_saelens.cli' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -59,6 +59,9 @@ class TopKSkipTranscoder(SkipPath, TopKTranscoder):
 
 @dataclass(kw_only=True)
 class TopKSkipTranscoderTrainingSAEConfig(TopKTranscoderTrainingSAEConfig):
+    """Training config of a TopK skip transcoder (saves as ``"topk_skip_transcoder"``): the
+    TopK transcoder's fields, and a linear skip path from input to output."""
+
     @override
     @classmethod
     def architecture(cls) -> str:

@@ -77,9 +77,10 @@ def recipe_fields(
         "lr_decay_steps": max(1, steps // 5),
         "init": "mlp_encoder" if recipe["start"] == "mlp_encoder" else "paper",
     }
-    if recipe["start"] == "balanced":
-        fields["balance_rate"] = balance_rate
-        fields["balance_mode"] = balance_mode
+    # set for every start: an architecture's own default must not decide a candidate
+    balanced = recipe["start"] == "balanced"
+    fields["balance_rate"] = balance_rate if balanced else 0.0
+    fields["balance_mode"] = balance_mode if balanced else "sign"
     return fields
 
 

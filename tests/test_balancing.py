@@ -40,6 +40,12 @@ def test_revive_mode_raises_only_codes_that_did_not_fire() -> None:
     assert bias.tolist() == [-0.75, -1.0, -0.75, -1.0]
 
 
+def test_mxd_revives_by_default_and_transcoders_do_not() -> None:
+    layer = make_layer("mxd")
+    assert (layer.cfg.balance_rate, layer.cfg.balance_mode) == (1e-2, "revive")
+    assert make_layer("topk_transcoder").cfg.balance_rate == 0.0
+
+
 def test_rate_zero_leaves_the_bias_alone() -> None:
     bias = torch.randn(6)
     before = bias.clone()
@@ -76,7 +82,7 @@ def trainer_for(layer) -> PairedSAETrainer:
 def test_trainer_step_adds_the_nudge_after_the_optimiser(architecture: str, mode: str) -> None:
     rate = 0.01
     plain, balanced = (
-        make_layer(architecture),
+        make_layer(architecture, balance_rate=0.0),
         make_layer(architecture, balance_rate=rate, balance_mode=mode),
     )
     balanced.load_state_dict(plain.state_dict())

@@ -14,7 +14,9 @@ from mxd_saelens.trainer import PairedSAETrainer
 
 D = 16
 FIELDS = {
-    "mxd": {"n_experts": 64, "k": 4, "d_hidden": 32},
+    # balancing (on by default for an MxD) is the one step SAELens's trainer lacks; it is
+    # tested on its own in test_balancing.py
+    "mxd": {"n_experts": 64, "k": 4, "d_hidden": 32, "balance_rate": 0.0},
     "topk_transcoder": {"d_sae": 64, "k": 4},
     "transcoder": {"d_sae": 64, "l1_coefficient": 1e-3},  # dense codes
 }

@@ -42,7 +42,6 @@ The layer runs once per batch (its output serves both the splice and the NMSE).
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
@@ -273,15 +272,24 @@ def output_and_codes(layer: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None
 
 
 class _Stats:
-    """Per-sequence statistics appended batch by batch, and running totals of vectors."""
+    """Per-sequence statistics written batch by batch into ``[n_sequences]`` float64 buffers,
+    and running totals of vectors.
 
-    def __init__(self) -> None:
-        self.per_sequence: dict[str, list[Tensor]] = defaultdict(list)
+    The buffers are allocated once: keeping a small tensor per batch instead would leave
+    long-lived allocations between the batches' large freed ones, and glibc could then not
+    return the heap, which grew by about a logits tensor per batch."""
+
+    def __init__(self, n_sequences: int) -> None:
+        self.n_sequences = n_sequences
+        self.per_sequence: dict[str, np.ndarray] = {}
         self.totals: dict[str, Tensor] = {}
 
-    def add(self, **values: Tensor) -> None:  # each [batch]
+    def add(self, start: int, **values: Tensor) -> None:  # each [batch], for sequences start…
         for name, value in values.items():
-            self.per_sequence[name].append(value.double().cpu())
+            if name not in self.per_sequence:
+                self.per_sequence[name] = np.zeros(self.n_sequences)
+            out = self.per_sequence[name]
+            out[start : start + len(value)] = value.detach().double().cpu().numpy()
 
     def add_total(self, **values: Tensor) -> None:
         for name, value in values.items():
@@ -289,7 +297,7 @@ class _Stats:
             self.totals[name] = self.totals[name] + value if name in self.totals else value
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {name: torch.cat(parts).numpy() for name, parts in self.per_sequence.items()}
+        return dict(self.per_sequence)
 
 
 def _seq_sum(values: Tensor, mask: Tensor) -> Tensor:
@@ -298,14 +306,21 @@ def _seq_sum(values: Tensor, mask: Tensor) -> Tensor:
 
 
 def _layer_stats(
-    forwards: BatchForwards, item: SplicedLayer, loss_mask: Tensor, positions: Tensor, stats: _Stats
+    forwards: BatchForwards,
+    item: SplicedLayer,
+    loss_mask: Tensor,
+    positions: Tensor,
+    stats: _Stats,
+    start: int,
 ) -> None:
-    """One batch of one layer: the spliced forward and the activation statistics."""
+    """One batch (sequences ``start``…) of one layer: the spliced forward and the activation
+    statistics."""
     x, y = forwards.cache[item.hooks.hook_in], forwards.cache[item.hooks.hook_out]
     y_hat, codes = output_and_codes(item.layer, x)
     ce, kl = forwards.ce_and_kl(forwards.logits_with(item.hooks.hook_out, y_hat))
     keep = positions.double()  # [batch, pos]
     stats.add(
+        start,
         ce_spliced=_seq_sum(ce, loss_mask),
         kl=_seq_sum(kl, loss_mask),
         sq_error=_seq_sum((y_hat.double() - y.double()).pow(2).sum(-1), keep),
@@ -315,7 +330,7 @@ def _layer_stats(
     stats.add_total(y_sum=(y.double() * keep[..., None]).sum((0, 1)))
     if codes is not None:
         active = (codes != 0) & positions[..., None]  # [batch, pos, n_codes]
-        stats.add(l0=active.sum((1, 2)))
+        stats.add(start, l0=active.sum((1, 2)))
         stats.add_total(fired=active.sum((0, 1)))
 
 
@@ -346,26 +361,31 @@ def _evaluate(
         name: excluded_token_ids(model, item.layer, exclude_special_tokens)
         for name, item in spliced.items()
     }
-    shared, own = _Stats(), {name: _Stats() for name in spliced}
+    n = len(tokens)
+    shared, own = _Stats(n), {name: _Stats(n) for name in spliced}
 
-    batches = tokens.split(batch_size)
-    for batch in tqdm(batches, desc="Splice evaluation", unit="batch", disable=not progress):
+    starts = range(0, n, batch_size)
+    for start in tqdm(starts, desc="Splice evaluation", unit="batch", disable=not progress):
+        batch = tokens[start : start + batch_size]
         forwards = BatchForwards(model, batch, hook_names)
         loss_mask = _loss_mask(model, batch).double()
-        shared.add(n_tokens=loss_mask.sum(-1), ce_clean=_seq_sum(forwards.clean_ce, loss_mask))
+        shared.add(
+            start, n_tokens=loss_mask.sum(-1), ce_clean=_seq_sum(forwards.clean_ce, loss_mask)
+        )
         for hook in hook_outs:
             zero = forwards.ce(forwards.logits_with(hook, 0.0))
             mean = forwards.ce(forwards.logits_with(hook, means[hook]))
             shared.add(
+                start,
                 **{
                     f"zero:{hook}": _seq_sum(zero, loss_mask),
                     f"mean:{hook}": _seq_sum(mean, loss_mask),
-                }
+                },
             )
         for name, item in spliced.items():
-            _layer_stats(
-                forwards, item, loss_mask, _position_mask(batch, excluded[name]), own[name]
-            )
+            positions = _position_mask(batch, excluded[name])
+            _layer_stats(forwards, item, loss_mask, positions, own[name], start)
+        del forwards  # the batch's cache and clean distributions, before the next is built
 
     base = shared.arrays()
     return {

@@ -4,6 +4,7 @@ flags generated from dataclasses, one-line errors, and a listing of the commands
 from __future__ import annotations
 
 import json
+import re
 import shlex
 
 import pytest
@@ -255,7 +256,9 @@ def test_train_through_the_command_line(tmp_path, capsys):
     assert saved["metadata"]["hook_name"] == "blocks.1.ln2.hook_normalized"
     assert saved["metadata"]["hook_name_out"] == "blocks.1.hook_mlp_out"
     assert (saved["d_hidden"], saved["activation"]) == (512, "gelu_tanh")
-    assert "replacing tiny-gelu's MLP" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "replacing tiny-gelu's MLP" in printed.err
+    assert re.search(r"^peak resident memory: \d+\.\d\d GiB$", printed.out, re.M)
 
 
 def test_a_bundled_model_trains_on_the_bundled_corpus_unless_told_otherwise(capsys):

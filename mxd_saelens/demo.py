@@ -29,6 +29,7 @@ from mxd_saelens.report import (
     format_comparisons,
     format_specialisation,
     format_table,
+    peak_memory_line,
     write_report,
 )
 from mxd_saelens.specialisation import add_specialisation, layer_specialisation
@@ -50,8 +51,8 @@ class DemoOptions:
     """Transcoder width as a multiple of d_model; the MxD is matched to it."""
     batch_tokens: int = 2048
     lr: float = 1e-2
-    """Adam learning rate, constant after a warm-up over the first 5 % of steps; the paper's
-    1e-4 is for 480M tokens, short runs need more (at 1M tokens, 1e-2 gave the MxD the lowest
+    """Adam learning rate, constant after a warm-up over the first twentieth of the steps; the
+    paper's 1e-4 is for 480M tokens, short runs need more (at 1M tokens, 1e-2 gave the MxD the lowest
     ΔCE and KL of 1e-3, 3e-3 and 1e-2, and the TopK transcoder the lowest KL with a ΔCE
     within noise of 3e-3's: benchmarks/results/lr_sweep.json)."""
     context_size: int = 128
@@ -193,4 +194,5 @@ def run_demo(options: DemoOptions) -> Evaluation:
         evaluation.rows, out_dir, title=f"{options.model} layer {layer}", comparisons=comparisons
     )
     print(f"\nwrote {json_path} and {html_path} ({time.perf_counter() - started:.0f} s in all)")
+    print(peak_memory_line())
     return evaluation

@@ -43,6 +43,13 @@ def test_bare_command_lists_every_subcommand_with_a_line(capsys):
     assert "train one layer that replaces a model's MLP" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_commands_help_exits_0_with_its_flags(command: str, capsys):
+    # a "%" in a field's help text is read as a format by argparse and breaks --help
+    text = _help(capsys, command)
+    assert text.startswith(f"usage: mxd-saelens {command}") and "--" in text
+
+
 def test_unknown_command_is_one_line(capsys):
     assert main(["trian"]) == 2
     assert "trian" in _one_error_line(capsys)

@@ -57,6 +57,7 @@ from transformer_lens.hook_points import HookedRootModule, HookPoint
 from transformer_lens.utils import lm_cross_entropy_loss
 
 from mxd_saelens.hooks import MLPHooks, layer_of
+from mxd_saelens.saes.common import forget_encoding
 from mxd_saelens.splice import SplicedLayer, hooks_of, run_layer
 from mxd_saelens.tokens import special_token_ids
 
@@ -200,7 +201,10 @@ def mlp_output_means(
         keep = ~torch.isin(batch, ignore)
         for name in hook_outs:
             total = cache[name][keep].double().sum(0)
-            totals[name] = totals[name] + total if name in totals else total
+            if name in totals:
+                totals[name] += total  # in place: nothing new is kept per batch
+            else:
+                totals[name] = total
         count += int(keep.sum())
     return {name: (total / max(count, 1)).float() for name, total in totals.items()}
 
@@ -263,9 +267,12 @@ def output_and_codes(layer: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None
     both = getattr(layer, "forward_with_activations", None)
     if both is not None:
         out, codes = both(x)
-        return out.to(x.dtype), codes
-    encode = getattr(layer, "encode", None)
-    return run_layer(layer, x), (encode(x) if encode is not None else None)
+        out = out.to(x.dtype)
+    else:
+        encode = getattr(layer, "encode", None)
+        out, codes = run_layer(layer, x), (encode(x) if encode is not None else None)
+    forget_encoding(layer)  # else every evaluated layer keeps its last batch's codes
+    return out, codes
 
 
 # --- accumulation --------------------------------------------------------------------------
@@ -273,31 +280,49 @@ def output_and_codes(layer: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None
 
 class _Stats:
     """Per-sequence statistics written batch by batch into ``[n_sequences]`` float64 buffers,
-    and running totals of vectors.
+    and running totals of vectors, all allocated before the first batch and updated in place.
 
-    The buffers are allocated once: keeping a small tensor per batch instead would leave
-    long-lived allocations between the batches' large freed ones, and glibc could then not
-    return the heap, which grew by about a logits tensor per batch."""
+    Anything allocated during the loop and kept (a small tensor per batch, a new total per
+    batch) sits between a batch's large freed temporaries, and glibc then cannot reuse or
+    return that heap: it grew by about a logits tensor per batch and per layer
+    (benchmarks/results/memory.json)."""
 
-    def __init__(self, n_sequences: int) -> None:
-        self.n_sequences = n_sequences
-        self.per_sequence: dict[str, np.ndarray] = {}
-        self.totals: dict[str, Tensor] = {}
+    def __init__(self, n_sequences: int, names: Iterable[str], totals: Mapping[str, int]):
+        self.per_sequence = {name: np.zeros(n_sequences) for name in names}
+        self.totals = {
+            name: torch.zeros(size, dtype=torch.float64) for name, size in totals.items()
+        }
 
     def add(self, start: int, **values: Tensor) -> None:  # each [batch], for sequences start…
         for name, value in values.items():
-            if name not in self.per_sequence:
-                self.per_sequence[name] = np.zeros(self.n_sequences)
-            out = self.per_sequence[name]
-            out[start : start + len(value)] = value.detach().double().cpu().numpy()
+            self.per_sequence[name][start : start + len(value)] = value.double().cpu().numpy()
 
     def add_total(self, **values: Tensor) -> None:
         for name, value in values.items():
-            value = value.double()
-            self.totals[name] = self.totals[name] + value if name in self.totals else value
+            self.totals[name] += value.double().cpu()
 
     def arrays(self) -> dict[str, np.ndarray]:
         return dict(self.per_sequence)
+
+
+_LAYER_SEQUENCE_STATS = ("ce_spliced", "kl", "sq_error", "target_sq", "n_positions")
+
+
+def _layer_stats_buffers(item: SplicedLayer, n_sequences: int) -> _Stats:
+    """A layer's buffers, their widths read from the layer's output and codes at one zero
+    input position (cheap, and no buffer has to be created mid-batch)."""
+    first = next(item.layer.parameters(), None)
+    x = torch.zeros(
+        1,
+        1,
+        item.hooks.d_in,
+        dtype=first.dtype if first is not None else torch.float32,
+        device=first.device if first is not None else "cpu",
+    )
+    y_hat, codes = output_and_codes(item.layer, x)
+    names = [*_LAYER_SEQUENCE_STATS, *(["l0"] if codes is not None else [])]
+    totals = {"y_sum": y_hat.shape[-1], **({"fired": codes.shape[-1]} if codes is not None else {})}
+    return _Stats(n_sequences, names, totals)
 
 
 def _seq_sum(values: Tensor, mask: Tensor) -> Tensor:
@@ -362,7 +387,9 @@ def _evaluate(
         for name, item in spliced.items()
     }
     n = len(tokens)
-    shared, own = _Stats(n), {name: _Stats(n) for name in spliced}
+    ablations = [f"{kind}:{hook}" for hook in hook_outs for kind in ("zero", "mean")]
+    shared = _Stats(n, ["n_tokens", "ce_clean", *ablations], {})
+    own = {name: _layer_stats_buffers(item, n) for name, item in spliced.items()}
 
     starts = range(0, n, batch_size)
     for start in tqdm(starts, desc="Splice evaluation", unit="batch", disable=not progress):

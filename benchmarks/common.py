@@ -16,6 +16,10 @@ import torch
 
 
 def environment() -> dict[str, Any]:
+    """The command, the machine and what can move the figures: the processor's capability and
+    the key package versions (mxd_saelens.report.software_environment)."""
+    from mxd_saelens.report import software_environment
+
     return {
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -24,6 +28,7 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "machine": platform.platform(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
+        **software_environment(),
     }
 
 

@@ -3,10 +3,10 @@ parameter-matched TopK transcoder's best latent and the base MLP's best neuron.
 
 Trains both layers on the bundled model's default MLP (transcoder d_sae = 32·d_model, MxD
 N = matched_n_experts(d, d, d_mlp, 32·d), k = 32), or takes saved ones with ``--layers``, then
-probes each corpus label (DESIGN §2 protocol: mean-pooled codes, 100 candidates by class-mean
+probes each corpus label (docs/design.md §2.4: mean-pooled codes, 100 candidates by class-mean
 difference, 1-D class-balanced logistic regressions, best test F1, 80/20 split, seed 42).
 
-    python benchmarks/probing.py                      # trains, ~2 x 2.5 min on 2 CPU cores
+    python benchmarks/probing.py                      # trains both, minutes on 2 CPU cores
     python benchmarks/probing.py --layers out/mxd out/topk_transcoder
 """
 
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs as a script
 
 from benchmarks.common import write_result
 from mxd_saelens import zoo
-from mxd_saelens.demo import DemoOptions, train_layer
+from mxd_saelens.demo import DemoOptions, train_matched
 from mxd_saelens.evaluation import evaluate_layers
 from mxd_saelens.layers import load_layer
 from mxd_saelens.params import parameter_count
@@ -42,17 +42,22 @@ ARCHITECTURES = ("mxd", "topk_transcoder")
 
 
 def trained_layers(opts: argparse.Namespace, model: Any, layer: int) -> tuple[list[str], dict]:
-    """Folders of the layers to probe, training them first unless ``--layers`` names them."""
+    """Folders of the layers to probe, training them first (both from one shared forward)
+    unless ``--layers`` names them."""
     if opts.layers:
         return opts.layers, {}
     out = Path(opts.save_dir or tempfile.mkdtemp(prefix="probing_layers_"))
-    options = DemoOptions(model=opts.model, training_tokens=opts.training_tokens, k=opts.k)
-    seconds = {}
-    for architecture in ARCHITECTURES:
-        start = time.perf_counter()
-        train_layer(model, architecture, options, layer, out)
-        seconds[architecture] = round(time.perf_counter() - start, 1)
-        print(f"trained {architecture} in {seconds[architecture]} s", flush=True)
+    options = DemoOptions(
+        model=opts.model,
+        layer=layer,
+        training_tokens=opts.training_tokens,
+        k=opts.k,
+        architectures=ARCHITECTURES,
+    )
+    start = time.perf_counter()
+    train_matched(options, model, out)
+    seconds = {"+".join(ARCHITECTURES): round(time.perf_counter() - start, 1)}
+    print(f"trained {', '.join(ARCHITECTURES)} in {sum(seconds.values())} s", flush=True)
     return [str(out / a) for a in ARCHITECTURES], seconds
 
 

@@ -8,7 +8,7 @@ baseline, then the layer and its optimiser, warm-up steps and timed steps; the s
 median of the timed steps and the peak memory is the child's ``ru_maxrss`` after its steps
 (reported both raw and minus the baseline).
 
-Variants (DESIGN.md §5):
+Variants (the sparse path: docs/design.md §2.1):
   mxd_fast         MxDTrainingSAE.training_forward_pass (sparse top-k backward, gathered C rows)
   mxd_dense        the same module, loss from forward_dense(x) (dense gate with autograd, top-k
                    scattered into a dense a, dense a @ C over all N experts: the paper's code)
@@ -165,7 +165,7 @@ def run_child(args: argparse.Namespace) -> None:
 
 
 def matched_shapes(d: int) -> dict[str, int]:
-    """Parameter-matched widths for I = O = d (DESIGN.md §2)."""
+    """Parameter-matched widths for I = O = d (docs/design.md §2.3)."""
     from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
 
     from mxd_saelens import matched_n_experts, parameter_count, transcoder_parameter_count

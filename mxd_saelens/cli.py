@@ -215,6 +215,10 @@ def train(args: Sequence[str]) -> None:
             dist.destroy_process_group()
     if cfg.output_path and main_process:
         print(f"saved to {cfg.output_path}")
+    if main_process:
+        from mxd_saelens.report import peak_memory_line
+
+        print(peak_memory_line())
 
 
 @dataclass
@@ -259,6 +263,7 @@ def evaluate(args: Sequence[str]) -> None:
         format_comparisons,
         format_specialisation,
         format_table,
+        peak_memory_line,
         write_report,
     )
     from mxd_saelens.sources import load_model_of_layers
@@ -292,6 +297,7 @@ def evaluate(args: Sequence[str]) -> None:
         comparisons=comparisons,
     )
     print(f"wrote {json_path} and {html_path}")
+    print(peak_memory_line())
 
 
 CACHE_DESCRIPTION = (

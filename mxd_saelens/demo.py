@@ -29,6 +29,7 @@ from mxd_saelens.report import (
     format_comparisons,
     format_specialisation,
     format_table,
+    peak_memory_line,
     write_report,
 )
 from mxd_saelens.specialisation import add_specialisation, layer_specialisation
@@ -69,8 +70,8 @@ class DemoOptions:
     """Tokens per training step."""
     lr: float | None = None
     """Adam learning rate for every layer; None: each architecture's own selected recipe
-    (``RECIPES``). Warm-up over the first 5 % of the steps, constant, then a linear decay over
-    the last 20 %. The paper's 1e-4 is for 480M tokens; short runs need more."""
+    (``RECIPES``). Warm-up over the first twentieth of the steps, constant, then a linear decay
+    over the last fifth. The paper's 1e-4 is for 480M tokens; short runs need more."""
     context_size: int = 128
     """Tokens per sequence, in training and evaluation."""
     eval_sequences: int | None = None
@@ -215,4 +216,5 @@ def run_demo(options: DemoOptions) -> Evaluation:
         evaluation.rows, out_dir, title=f"{options.model} layer {layer}", comparisons=comparisons
     )
     print(f"\nwrote {json_path} and {html_path} ({time.perf_counter() - started:.0f} s in all)")
+    print(peak_memory_line())
     return evaluation

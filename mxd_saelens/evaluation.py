@@ -42,7 +42,6 @@ The layer runs once per batch (its output serves both the splice and the NMSE).
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
@@ -58,6 +57,7 @@ from transformer_lens.hook_points import HookedRootModule, HookPoint
 from transformer_lens.utils import lm_cross_entropy_loss
 
 from mxd_saelens.hooks import MLPHooks, layer_of
+from mxd_saelens.saes.common import forget_encoding
 from mxd_saelens.splice import SplicedLayer, hooks_of, run_layer
 from mxd_saelens.tokens import special_token_ids
 
@@ -201,7 +201,10 @@ def mlp_output_means(
         keep = ~torch.isin(batch, ignore)
         for name in hook_outs:
             total = cache[name][keep].double().sum(0)
-            totals[name] = totals[name] + total if name in totals else total
+            if name in totals:
+                totals[name] += total  # in place: nothing new is kept per batch
+            else:
+                totals[name] = total
         count += int(keep.sum())
     return {name: (total / max(count, 1)).float() for name, total in totals.items()}
 
@@ -264,32 +267,62 @@ def output_and_codes(layer: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None
     both = getattr(layer, "forward_with_activations", None)
     if both is not None:
         out, codes = both(x)
-        return out.to(x.dtype), codes
-    encode = getattr(layer, "encode", None)
-    return run_layer(layer, x), (encode(x) if encode is not None else None)
+        out = out.to(x.dtype)
+    else:
+        encode = getattr(layer, "encode", None)
+        out, codes = run_layer(layer, x), (encode(x) if encode is not None else None)
+    forget_encoding(layer)  # else every evaluated layer keeps its last batch's codes
+    return out, codes
 
 
 # --- accumulation --------------------------------------------------------------------------
 
 
 class _Stats:
-    """Per-sequence statistics appended batch by batch, and running totals of vectors."""
+    """Per-sequence statistics written batch by batch into ``[n_sequences]`` float64 buffers,
+    and running totals of vectors, all allocated before the first batch and updated in place.
 
-    def __init__(self) -> None:
-        self.per_sequence: dict[str, list[Tensor]] = defaultdict(list)
-        self.totals: dict[str, Tensor] = {}
+    Anything allocated during the loop and kept (a small tensor per batch, a new total per
+    batch) sits between a batch's large freed temporaries, and glibc then cannot reuse or
+    return that heap: it grew by about a logits tensor per batch and per layer
+    (benchmarks/results/memory.json)."""
 
-    def add(self, **values: Tensor) -> None:  # each [batch]
+    def __init__(self, n_sequences: int, names: Iterable[str], totals: Mapping[str, int]):
+        self.per_sequence = {name: np.zeros(n_sequences) for name in names}
+        self.totals = {
+            name: torch.zeros(size, dtype=torch.float64) for name, size in totals.items()
+        }
+
+    def add(self, start: int, **values: Tensor) -> None:  # each [batch], for sequences start…
         for name, value in values.items():
-            self.per_sequence[name].append(value.double().cpu())
+            self.per_sequence[name][start : start + len(value)] = value.double().cpu().numpy()
 
     def add_total(self, **values: Tensor) -> None:
         for name, value in values.items():
-            value = value.double()
-            self.totals[name] = self.totals[name] + value if name in self.totals else value
+            self.totals[name] += value.double().cpu()
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {name: torch.cat(parts).numpy() for name, parts in self.per_sequence.items()}
+        return dict(self.per_sequence)
+
+
+_LAYER_SEQUENCE_STATS = ("ce_spliced", "kl", "sq_error", "target_sq", "n_positions")
+
+
+def _layer_stats_buffers(item: SplicedLayer, n_sequences: int) -> _Stats:
+    """A layer's buffers, their widths read from the layer's output and codes at one zero
+    input position (cheap, and no buffer has to be created mid-batch)."""
+    first = next(item.layer.parameters(), None)
+    x = torch.zeros(
+        1,
+        1,
+        item.hooks.d_in,
+        dtype=first.dtype if first is not None else torch.float32,
+        device=first.device if first is not None else "cpu",
+    )
+    y_hat, codes = output_and_codes(item.layer, x)
+    names = [*_LAYER_SEQUENCE_STATS, *(["l0"] if codes is not None else [])]
+    totals = {"y_sum": y_hat.shape[-1], **({"fired": codes.shape[-1]} if codes is not None else {})}
+    return _Stats(n_sequences, names, totals)
 
 
 def _seq_sum(values: Tensor, mask: Tensor) -> Tensor:
@@ -298,14 +331,21 @@ def _seq_sum(values: Tensor, mask: Tensor) -> Tensor:
 
 
 def _layer_stats(
-    forwards: BatchForwards, item: SplicedLayer, loss_mask: Tensor, positions: Tensor, stats: _Stats
+    forwards: BatchForwards,
+    item: SplicedLayer,
+    loss_mask: Tensor,
+    positions: Tensor,
+    stats: _Stats,
+    start: int,
 ) -> None:
-    """One batch of one layer: the spliced forward and the activation statistics."""
+    """One batch (sequences ``start``…) of one layer: the spliced forward and the activation
+    statistics."""
     x, y = forwards.cache[item.hooks.hook_in], forwards.cache[item.hooks.hook_out]
     y_hat, codes = output_and_codes(item.layer, x)
     ce, kl = forwards.ce_and_kl(forwards.logits_with(item.hooks.hook_out, y_hat))
     keep = positions.double()  # [batch, pos]
     stats.add(
+        start,
         ce_spliced=_seq_sum(ce, loss_mask),
         kl=_seq_sum(kl, loss_mask),
         sq_error=_seq_sum((y_hat.double() - y.double()).pow(2).sum(-1), keep),
@@ -315,7 +355,7 @@ def _layer_stats(
     stats.add_total(y_sum=(y.double() * keep[..., None]).sum((0, 1)))
     if codes is not None:
         active = (codes != 0) & positions[..., None]  # [batch, pos, n_codes]
-        stats.add(l0=active.sum((1, 2)))
+        stats.add(start, l0=active.sum((1, 2)))
         stats.add_total(fired=active.sum((0, 1)))
 
 
@@ -346,26 +386,33 @@ def _evaluate(
         name: excluded_token_ids(model, item.layer, exclude_special_tokens)
         for name, item in spliced.items()
     }
-    shared, own = _Stats(), {name: _Stats() for name in spliced}
+    n = len(tokens)
+    ablations = [f"{kind}:{hook}" for hook in hook_outs for kind in ("zero", "mean")]
+    shared = _Stats(n, ["n_tokens", "ce_clean", *ablations], {})
+    own = {name: _layer_stats_buffers(item, n) for name, item in spliced.items()}
 
-    batches = tokens.split(batch_size)
-    for batch in tqdm(batches, desc="Splice evaluation", unit="batch", disable=not progress):
+    starts = range(0, n, batch_size)
+    for start in tqdm(starts, desc="Splice evaluation", unit="batch", disable=not progress):
+        batch = tokens[start : start + batch_size]
         forwards = BatchForwards(model, batch, hook_names)
         loss_mask = _loss_mask(model, batch).double()
-        shared.add(n_tokens=loss_mask.sum(-1), ce_clean=_seq_sum(forwards.clean_ce, loss_mask))
+        shared.add(
+            start, n_tokens=loss_mask.sum(-1), ce_clean=_seq_sum(forwards.clean_ce, loss_mask)
+        )
         for hook in hook_outs:
             zero = forwards.ce(forwards.logits_with(hook, 0.0))
             mean = forwards.ce(forwards.logits_with(hook, means[hook]))
             shared.add(
+                start,
                 **{
                     f"zero:{hook}": _seq_sum(zero, loss_mask),
                     f"mean:{hook}": _seq_sum(mean, loss_mask),
-                }
+                },
             )
         for name, item in spliced.items():
-            _layer_stats(
-                forwards, item, loss_mask, _position_mask(batch, excluded[name]), own[name]
-            )
+            positions = _position_mask(batch, excluded[name])
+            _layer_stats(forwards, item, loss_mask, positions, own[name], start)
+        del forwards  # the batch's cache and clean distributions, before the next is built
 
     base = shared.arrays()
     return {

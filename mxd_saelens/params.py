@@ -1,4 +1,5 @@
-"""Parameter counting and matching (DESIGN §2: an MxD matched to a TopK transcoder)."""
+"""Parameter counting and matching (docs/design.md §2.3: an MxD matched to a TopK
+transcoder)."""
 
 from __future__ import annotations
 

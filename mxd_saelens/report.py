@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import platform
+import resource
+import sys
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +216,39 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+# the packages whose versions can move a result's figures in their last digits
+KEY_PACKAGES = ("torch", "sae-lens", "transformer-lens", "transformers", "numpy", "datasets")
+
+
+def software_environment() -> dict[str, Any]:
+    """The processor's vector capability as torch dispatches to it (``AVX2``, ``AVX512`` …),
+    Python's version and those of ``KEY_PACKAGES``: what a results file needs for its numbers
+    to be reproduced."""
+    import torch
+
+    versions: dict[str, str | None] = {}
+    for name in KEY_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def peak_resident_bytes() -> int:
+    """This process's peak resident memory so far (``getrusage``'s ``ru_maxrss``)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS counts bytes, Linux KiB
+
+
+def peak_memory_line() -> str:
+    return f"peak resident memory: {peak_resident_bytes() / 2**30:.2f} GiB"
+
+
 def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;")
 
@@ -222,13 +259,18 @@ def write_report(
     title: str = "Splice evaluation",
     comparisons: Sequence[Row] = (),
 ) -> tuple[Path, Path]:
-    """Write ``results.json`` (``{"rows": [...], "comparisons": [...]}``, non-finite numbers
-    as null) and ``report.html`` (the frontier figure, plotly.js embedded so it opens offline,
+    """Write ``results.json`` (``{"rows": [...], "comparisons": [...], "environment": {...}}``,
+    the environment from :func:`software_environment`, non-finite numbers as null) and
+    ``report.html`` (the frontier figure, plotly.js embedded so it opens offline,
     then the tables)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "results.json"
-    results = {"rows": list(rows), "comparisons": list(comparisons)}
+    results = {
+        "rows": list(rows),
+        "comparisons": list(comparisons),
+        "environment": software_environment(),
+    }
     json_path.write_text(json.dumps(_json_safe(results), indent=2))
     html_path = out / "report.html"
     figure = frontier_figure(rows, title=f"{title}: sparsity–accuracy frontier")

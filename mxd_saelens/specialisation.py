@@ -72,14 +72,20 @@ def firing_sets(
         for text, is_code in zip(data.texts, data.is_code, strict=True)
     ]
     pad_id = tokenizer.pad_token_id or 0
-    fired, owner = [], []
+    lengths = torch.tensor([len(row) - len(bos) for row in rows])
+    # filled in place: per-text pieces kept between the batches' freed code tensors, then
+    # concatenated, would fragment the heap and hold the firings twice
+    fired = torch.zeros(int(lengths.sum()), source.n_codes, dtype=torch.bool)
+    owner = torch.repeat_interleave(torch.arange(len(rows)), lengths)
+    offset = 0
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         codes = source.codes(model, _pad(chunk, pad_id)).cpu()  # [b, pos, n_codes]
         for i, row in enumerate(chunk):
-            fired.append(codes[i, len(bos) : len(row)] != 0)
-            owner.append(torch.full((len(row) - len(bos),), start + i))
-    return torch.cat(fired), torch.cat(owner)
+            fired[offset : offset + len(row) - len(bos)] = codes[i, len(bos) : len(row)] != 0
+            offset += len(row) - len(bos)
+        del codes
+    return fired, owner
 
 
 def _mean_jaccard(fired: Tensor, pairs: Tensor) -> float:

@@ -4,6 +4,7 @@ flags generated from dataclasses, one-line errors, and a listing of the commands
 from __future__ import annotations
 
 import json
+import re
 import shlex
 
 import pytest
@@ -40,6 +41,13 @@ def test_bare_command_lists_every_subcommand_with_a_line(capsys):
         assert any(line.strip().startswith(name + " ") for line in out.splitlines()), name
     assert main(["--help"]) == 0
     assert "train one layer that replaces a model's MLP" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_commands_help_exits_0_with_its_flags(command: str, capsys):
+    # a "%" in a field's help text is read as a format by argparse and breaks --help
+    text = _help(capsys, command)
+    assert text.startswith(f"usage: mxd-saelens {command}") and "--" in text
 
 
 def test_unknown_command_is_one_line(capsys):
@@ -255,7 +263,9 @@ def test_train_through_the_command_line(tmp_path, capsys):
     assert saved["metadata"]["hook_name"] == "blocks.1.ln2.hook_normalized"
     assert saved["metadata"]["hook_name_out"] == "blocks.1.hook_mlp_out"
     assert (saved["d_hidden"], saved["activation"]) == (512, "gelu_tanh")
-    assert "replacing tiny-gelu's MLP" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "replacing tiny-gelu's MLP" in printed.err
+    assert re.search(r"^peak resident memory: \d+\.\d\d GiB$", printed.out, re.M)
 
 
 def test_a_bundled_model_trains_on_the_bundled_corpus_unless_told_otherwise(capsys):

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import sae_lens
 import torch
 from datasets import Dataset
 
@@ -233,6 +235,11 @@ def test_report_holds_error_bars_and_comparisons(evaluation, tmp_path: Path):
     assert {"delta_ce_diff", "delta_ce_diff_se", "delta_ce_ratio", "kl_z"} <= set(
         results["comparisons"][0]
     )
+    environment = results["environment"]
+    assert environment["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert environment["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert environment["versions"]["sae-lens"] == sae_lens.__version__
+    assert environment["python"] == platform.python_version()
 
     traces, layout = plot_payload(html_path.read_text())
     errors = sorted(e for t in traces for e in t["error_y"]["array"])
@@ -278,3 +285,4 @@ def test_command_line_evaluates_saved_layers(layers, tmp_path: Path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert [r["n_sequences"] for r in results["rows"]] == [6, 6]
     assert [(c["a"], c["b"]) for c in results["comparisons"]] == [tuple(paths)]
+    assert re.search(r"^peak resident memory: \d+\.\d\d GiB$", printed, re.M)

@@ -1,4 +1,4 @@
-"""Sparse probing: how well one code of a layer picks out a class of texts (DESIGN §2).
+"""Sparse probing: how well one code of a layer picks out a class of texts (docs/design.md §2.4).
 
 Protocol of the MxD paper, per labelled set:
 

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookedRootModule
 
 from mxd_saelens.hooks import layer_of
+from mxd_saelens.saes.common import forget_encoding
 
 
 class CodeSource(Protocol):
@@ -63,7 +64,9 @@ class LayerCodes:
     @torch.no_grad()
     def codes(self, model: HookedRootModule, tokens: Tensor) -> Tensor:
         acts = hook_activations(model, self.hook_name, tokens)
-        return self.layer.encode(acts).float()  # type: ignore[operator]
+        codes = self.layer.encode(acts).float()  # type: ignore[operator]
+        forget_encoding(self.layer)  # else each probed layer keeps its last batch's codes
+        return codes
 
 
 @dataclass

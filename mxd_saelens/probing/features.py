@@ -74,14 +74,18 @@ def _batched_codes(
     """
     pad_id = model.tokenizer.pad_token_id or 0  # type: ignore[attr-defined]
     device = getattr(model.cfg, "device", "cpu")  # type: ignore[attr-defined]
-    out = []
+    # one buffer for every row: a small tensor kept per text between the batches' large freed
+    # code tensors fragments the heap, which then grows by about a batch's codes per batch
+    out = torch.zeros(len(rows), source.n_codes)
     starts = range(0, len(rows), batch_size)
     # probing a few thousand texts takes minutes on a CPU: show where it is
     for start in tqdm(starts, desc=f"codes of {source.name}", unit="batch", leave=False):
         chunk = rows[start : start + batch_size]
         codes = source.codes(model, _pad(chunk, pad_id).to(device)).cpu()
-        out.extend(reduce(codes[i], len(row)) for i, row in enumerate(chunk))
-    return torch.stack(out) if out else torch.zeros(0, source.n_codes)
+        for i, row in enumerate(chunk):
+            out[start + i] = reduce(codes[i], len(row))
+        del codes
+    return out
 
 
 def pooled_features(

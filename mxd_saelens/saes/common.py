@@ -71,3 +71,12 @@ class EncodingMemo:
         if self.codes is None or feature_acts is not self.dense:
             return None
         return self.codes if feature_acts._version == self.version else None
+
+
+def forget_encoding(layer: nn.Module) -> None:
+    """Drop the :class:`EncodingMemo` that ``encode`` left on ``layer`` (and on any module
+    inside it). The memo holds a batch's dense codes, ``[batch, pos, n_codes]``, until the next
+    call: an evaluation of many layers that keeps it alive holds one such tensor per layer."""
+    for module in layer.modules():
+        if getattr(module, "_last_encoding", None) is not None:
+            module._last_encoding = None

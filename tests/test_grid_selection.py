@@ -1,0 +1,60 @@
+"""The grid's selection rule (benchmarks/grid.py): the most faithful on validation among the
+candidates that meet the readability floor, the same rule for every architecture."""
+
+from __future__ import annotations
+
+from benchmarks.grid import recipe_fields, select, stage2_recipes
+
+
+def row(architecture: str, delta_ce: float, dead: float, probe_f1: float, k: int = 32) -> dict:
+    return {
+        "architecture": architecture,
+        "k": k,
+        "start": "paper",
+        "lr": 1e-2,
+        "validation": {"delta_ce": delta_ce, "dead_fraction": dead},
+        "probe_f1": probe_f1,
+    }
+
+
+ROWS = {
+    "mxd-exact-but-dead": row("mxd", 0.0001, 0.65, 0.78),  # the dense MLP again, behind a gate
+    "mxd-good": row("mxd", 0.0030, 0.10, 0.91),
+    "mxd-worse": row("mxd", 0.0050, 0.05, 0.93),
+    "tc-dead": row("topk_transcoder", 0.0040, 0.40, 0.93),
+    "tc-alive": row("topk_transcoder", 0.0070, 0.05, 0.92),
+    "skip-all-dead": row("topk_skip_transcoder", 0.0060, 0.50, 0.92),
+}
+
+
+def test_the_floor_is_applied_before_faithfulness():
+    selected = select(ROWS, max_dead=0.25, probe_margin=0.03)
+    assert selected["mxd-k32"]["name"] == "mxd-good"  # not the exact but collapsed one
+    assert selected["topk_transcoder-k32"]["name"] == "tc-alive"
+    # the floor is relative to the best probe at this k (0.93), the same for everyone
+    assert selected["mxd-k32"]["floor"] == {"max_dead": 0.25, "min_probe_f1": 0.93 - 0.03}
+
+
+def test_an_architecture_with_no_readable_candidate_is_flagged_not_dropped():
+    selected = select(ROWS, max_dead=0.25, probe_margin=0.03)
+    assert selected["topk_skip_transcoder-k32"] == {
+        "name": "skip-all-dead",
+        "met_floor": False,
+        "floor": {"max_dead": 0.25, "min_probe_f1": 0.93 - 0.03},
+    }
+    assert selected["mxd-k32"]["met_floor"] and selected["topk_transcoder-k32"]["met_floor"]
+
+
+def test_stage2_retrains_the_best_readable_candidates_in_order():
+    stage1 = {"candidates": ROWS, "selected": select(ROWS, max_dead=0.25, probe_margin=0.03)}
+    recipes = stage2_recipes(stage1, per_architecture=2)
+    assert [n for n in recipes if recipes[n]["architecture"] == "mxd"] == ["mxd-good", "mxd-worse"]
+    assert [n for n in recipes if recipes[n]["architecture"] == "topk_transcoder"] == ["tc-alive"]
+
+
+def test_every_candidate_states_its_balancing():
+    # an architecture's default (the MxD revives by default) must not decide a candidate
+    cold = recipe_fields({"k": 32, "lr": 1e-2, "start": "paper"}, 100, 0.01, "revive")
+    balanced = recipe_fields({"k": 32, "lr": 1e-2, "start": "balanced"}, 100, 0.01, "revive")
+    assert cold["balance_rate"] == 0.0 and balanced["balance_rate"] == 0.01
+    assert cold["lr_warm_up_steps"] == 5 and cold["lr_decay_steps"] == 20

@@ -54,7 +54,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 def recipe(architecture: str, options: DemoOptions) -> dict[str, Any]:
     """The training fields of ``architecture``'s recipe; ``options.lr`` overrides its rate."""
-    fields = dict(RECIPES.get(architecture, {"lr": 1e-2}))
+    fields = dict(RECIPES.get(architecture, {"lr": 1e-2})) if options.use_recipes else {"lr": 1e-2}
     if options.lr is not None:
         fields["lr"] = options.lr
     return fields
@@ -75,6 +75,9 @@ class DemoOptions:
     """Transcoder width as a multiple of d_model; the MxD is matched to it."""
     batch_tokens: int = 2048
     """Tokens per training step."""
+    use_recipes: bool = True
+    """Train each architecture with its selected recipe (``RECIPES``); False: with its config's
+    defaults (for an MxD the paper's initialisation, with its dead experts revived) at ``lr``."""
     lr: float | None = None
     """Adam learning rate for every layer; None: each architecture's own selected recipe
     (``RECIPES``). Warm-up over the first twentieth of the steps, constant, then a linear decay

@@ -13,7 +13,8 @@ last 20 %) and each start of ``--starts``:
 - ``mlp_encoder``: the encoder (an MxD's E, a transcoder's first d_mlp latents) copied from the
   MLP being replaced (:mod:`mxd_saelens.warm_start`);
 - ``balanced``: the cold start with the selection bias nudged toward balanced usage after every
-  step (``balance_rate``, :class:`mxd_saelens.saes.paired.SelectionBalanceFields`).
+  step (``balance_rate``, :class:`mxd_saelens.saes.paired.SelectionBalanceFields`);
+- ``mlp_encoder_balanced``: the encoder copied from the MLP, and balanced as above.
 
 All candidates train in lockstep from one model pass over the bundled training split. The
 held-out split is cut into two disjoint halves of whole sequences: validation (the first) and
@@ -46,7 +47,7 @@ from mxd_saelens.probing.probe import compare_probes
 from mxd_saelens.specialisation import LayerSpecialisation, layer_specialisation
 from mxd_saelens.tokens import token_sequences
 
-STARTS = ("paper", "mlp_encoder", "balanced")
+STARTS = ("paper", "mlp_encoder", "balanced", "mlp_encoder_balanced")
 ROW_FIELDS = ("delta_ce", "delta_ce_se", "kl", "kl_se", "nmse", "l0", "dead_fraction")
 
 
@@ -75,13 +76,17 @@ def recipe_fields(
         "lr": recipe["lr"],
         "lr_warm_up_steps": max(1, steps // 20),
         "lr_decay_steps": max(1, steps // 5),
-        "init": "mlp_encoder" if recipe["start"] == "mlp_encoder" else "paper",
+        "init": "mlp_encoder" if recipe["start"].startswith("mlp_encoder") else "paper",
     }
     # set for every start: an architecture's own default must not decide a candidate
-    balanced = recipe["start"] == "balanced"
+    balanced = is_balanced(recipe["start"])
     fields["balance_rate"] = balance_rate if balanced else 0.0
     fields["balance_mode"] = balance_mode if balanced else "sign"
     return fields
+
+
+def is_balanced(start: str) -> bool:
+    return start.endswith("balanced")
 
 
 def train(model: Any, opts: argparse.Namespace, recipes: dict[str, dict[str, Any]]) -> float:
@@ -224,7 +229,7 @@ def measure(
             split: {key: row[key] for row in ev.rows if row["name"] == name for key in ROW_FIELDS}
             for split, ev in evaluations.items()
         }
-        balanced = recipe["start"] == "balanced"
+        balanced = is_balanced(recipe["start"])
         rows[name] = {
             **recipe,
             "tokens": opts.tokens,
@@ -256,16 +261,28 @@ def main() -> None:
         default=None,
         help="a stage-1 result: retrain its best candidates of each architecture at --tokens",
     )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        help="stage-1 results of disjoint candidates: write their union, selected again, to --out",
+    )
     parser.add_argument("--stage2_per_architecture", type=int, default=2)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--max_dead", type=float, default=0.25)
     parser.add_argument("--probe_margin", type=float, default=0.03)
     parser.add_argument("--eval_chunk", type=int, default=3, help="layers per splice pass")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--work_dir", required=True)
+    parser.add_argument("--work_dir", default=None, help="where the candidates are trained")
     parser.add_argument("--out", required=True)
     opts = parser.parse_args()
     torch.set_num_threads(opts.threads)
+    if opts.merge:
+        parts = [json.loads(Path(path).read_text()) for path in opts.merge]
+        write_result(opts.out, merge_stage1(parts, opts.max_dead, opts.probe_margin))
+        return
+    if opts.work_dir is None:
+        parser.error("--work_dir is required to train")
 
     model = zoo.load(opts.model)
     stage1 = None
@@ -287,6 +304,7 @@ def main() -> None:
         "starts": stage1["starts"] if stage1 else opts.starts,
         "tokens": opts.tokens,
         "train_seconds": round(train_seconds, 1),
+        "splits": next(iter(rows.values()))["n_sequences"],
         "selected_on": "validation",
         "reported_on": "test",
         "candidates": rows,
@@ -315,9 +333,40 @@ def main() -> None:
     print(json.dumps(compared, indent=1))
 
 
+def merge_stage1(parts: list[dict[str, Any]], max_dead: float, probe_margin: float) -> dict:
+    """Stage-1 results of disjoint candidates on the same model, layer, budget and splits, as
+    one: every row is a function of its layer and the splits alone, so the selection is redone
+    on the union. Paired comparisons need the per-sequence losses, so they stay in the parts."""
+    first = parts[0]
+    for part in parts[1:]:
+        for key in ("model", "layer", "tokens", "splits"):
+            if part.get(key) != first.get(key):
+                raise SystemExit(
+                    f"cannot merge: {key} differs ({part.get(key)} vs {first.get(key)})"
+                )
+        overlap = set(part["candidates"]) & set(first["candidates"])
+        if overlap:
+            raise SystemExit(f"cannot merge: candidates measured twice: {sorted(overlap)}")
+    candidates = {name: row for part in parts for name, row in part["candidates"].items()}
+    return {
+        **{key: first[key] for key in ("model", "layer", "procedure", "tokens", "splits")},
+        "lr_grid": sorted({lr for part in parts for lr in part["lr_grid"]}),
+        "starts": [start for start in STARTS if any(start in p["starts"] for p in parts)],
+        "train_seconds": sum(part["train_seconds"] for part in parts),
+        "selected_on": "validation",
+        "reported_on": "test",
+        "candidates": candidates,
+        "selected": select(candidates, max_dead, probe_margin),
+        "comparisons": [],
+        "parts": [
+            {"command": part["command"], "comparisons": part["comparisons"]} for part in parts
+        ],
+    }
+
+
 def _stage1_balance(stage1: dict[str, Any]) -> tuple[float, str]:
     for row in stage1["candidates"].values():
-        if row["start"] == "balanced":
+        if is_balanced(row["start"]):
             return row["balance_rate"], row["balance_mode"]
     return 0.0, "sign"
 

@@ -3,7 +3,9 @@ candidates that meet the readability floor, the same rule for every architecture
 
 from __future__ import annotations
 
-from benchmarks.grid import recipe_fields, select, stage2_recipes
+import pytest
+
+from benchmarks.grid import merge_stage1, recipe_fields, select, stage2_recipes
 
 
 def row(architecture: str, delta_ce: float, dead: float, probe_f1: float, k: int = 32) -> dict:
@@ -58,3 +60,37 @@ def test_every_candidate_states_its_balancing():
     balanced = recipe_fields({"k": 32, "lr": 1e-2, "start": "balanced"}, 100, 0.01, "revive")
     assert cold["balance_rate"] == 0.0 and balanced["balance_rate"] == 0.01
     assert cold["lr_warm_up_steps"] == 5 and cold["lr_decay_steps"] == 20
+
+
+def test_the_encoder_copy_can_be_balanced_too():
+    both = recipe_fields(
+        {"k": 32, "lr": 3e-3, "start": "mlp_encoder_balanced"}, 100, 0.01, "revive"
+    )
+    assert both["init"] == "mlp_encoder" and both["balance_rate"] == 0.01
+
+
+def test_merged_stage1_parts_are_selected_again_on_their_union():
+    base = {"model": "m", "layer": 2, "tokens": 10, "splits": {"validation": 4, "test": 4}}
+    old = {
+        **base,
+        "procedure": "p",
+        "lr_grid": [1e-2],
+        "starts": ["paper"],
+        "train_seconds": 1.0,
+        "command": "a",
+        "comparisons": [],
+        "candidates": {"mxd-good": ROWS["mxd-good"]},
+    }
+    better = row("mxd", 0.0010, 0.02, 0.92)
+    new = {
+        **old,
+        "starts": ["mlp_encoder_balanced"],
+        "command": "b",
+        "candidates": {"mxd-better": better},
+    }
+    merged = merge_stage1([old, new], max_dead=0.25, probe_margin=0.03)
+    assert merged["selected"]["mxd-k32"]["name"] == "mxd-better"
+    assert merged["starts"] == ["paper", "mlp_encoder_balanced"]
+    assert [part["command"] for part in merged["parts"]] == ["a", "b"]
+    with pytest.raises(SystemExit, match="splits differs"):
+        merge_stage1([old, {**new, "splits": {"validation": 5, "test": 3}}], 0.25, 0.03)

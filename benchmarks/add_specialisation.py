@@ -1,4 +1,4 @@
-"""Add the specialisation of each layer's codes (``mxd_saelens.specialisation``: probe F1 ± SE,
+"""Add the specialisation of each layer's codes (``mxd_saelens.evaluation.specialisation``: probe F1 ± SE,
 top-32 share, effective number of codes, Jaccard overlaps) to the rows of evaluation JSONs that
 ``benchmarks/evaluate_layers.py`` wrote, for the layers still on disk; rows whose layer folder is
 gone are left without them. Each file is rewritten in place.
@@ -19,7 +19,7 @@ from sae_lens import SAE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from mxd_saelens import zoo
-from mxd_saelens.specialisation import add_specialisation, layer_specialisation
+from mxd_saelens.evaluation.specialisation import add_specialisation, layer_specialisation
 
 
 def layer_folder(row: dict[str, Any], final_tokens: int) -> Path:

@@ -20,11 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.cache_sweep import write_cache
 from benchmarks.common import write_result
 from mxd_saelens import zoo
+from mxd_saelens.data.tokens import token_sequences
 from mxd_saelens.demo import DemoOptions, layer_config
-from mxd_saelens.evaluation import evaluate_layers
-from mxd_saelens.multi_runner import MultiPairedTrainingRunner
-from mxd_saelens.report import format_comparisons, format_table
-from mxd_saelens.tokens import token_sequences
+from mxd_saelens.evaluation.loss import evaluate_layers
+from mxd_saelens.evaluation.report import format_comparisons, format_table
+from mxd_saelens.training.multi_runner import MultiPairedTrainingRunner
 
 ARCHITECTURES = ("mxd", "topk_transcoder")
 DTYPES = ("float32", "bfloat16")

@@ -31,10 +31,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.common import step_only_seconds, write_result
 from mxd_saelens import zoo
-from mxd_saelens.cache import cache_paired_activations
+from mxd_saelens.data.cache_writer import cache_paired_activations
 from mxd_saelens.demo import DemoOptions, layer_config
-from mxd_saelens.multi_runner import MultiPairedTrainingRunner
-from mxd_saelens.runner import PairedTrainingRunner
+from mxd_saelens.training.multi_runner import MultiPairedTrainingRunner
+from mxd_saelens.training.runner import PairedTrainingRunner
 
 ARCHITECTURES = ("mxd", "topk_transcoder", "topk_skip_transcoder")
 

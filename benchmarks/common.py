@@ -17,8 +17,8 @@ import torch
 
 def environment() -> dict[str, Any]:
     """The command, the machine and what can move the figures: the processor's capability and
-    the key package versions (mxd_saelens.report.software_environment)."""
-    from mxd_saelens.report import software_environment
+    the key package versions (mxd_saelens.evaluation.report.software_environment)."""
+    from mxd_saelens.evaluation.report import software_environment
 
     return {
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
@@ -43,8 +43,8 @@ def write_result(path: str | Path, result: dict[str, Any]) -> Path:
 def step_only_seconds(configs: dict[str, Any], store: Any, n_steps: int) -> dict[str, float]:
     """Each configured layer's ``n_steps`` training steps alone, on (up to 64) batches drawn from
     ``store`` beforehand: the rate a training run would have without its data pipeline."""
-    from mxd_saelens.runner import build_training_layer
-    from mxd_saelens.trainer import PairedSAETrainer
+    from mxd_saelens.training.runner import build_training_layer
+    from mxd_saelens.training.trainer import PairedSAETrainer
 
     batches = [next(store) for _ in range(min(n_steps, 64))]
     seconds = {}

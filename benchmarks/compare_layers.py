@@ -20,9 +20,9 @@ from sae_lens import SAE
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.common import write_result
 from mxd_saelens import zoo
-from mxd_saelens.evaluation import evaluate_layers
-from mxd_saelens.report import format_comparisons, format_table
-from mxd_saelens.tokens import token_sequences
+from mxd_saelens.data.tokens import token_sequences
+from mxd_saelens.evaluation.loss import evaluate_layers
+from mxd_saelens.evaluation.report import format_comparisons, format_table
 
 
 def main() -> None:

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.common import write_result
 from benchmarks.grid import evaluate_split, specialise
 from mxd_saelens import zoo
-from mxd_saelens.probing.probe import compare_probes
-from mxd_saelens.tokens import token_sequences
+from mxd_saelens.data.tokens import token_sequences
+from mxd_saelens.reading.probing.probe import compare_probes
 
 FIELDS = ("delta_ce", "delta_ce_se", "kl", "kl_se", "nmse", "l0", "dead_fraction")
 

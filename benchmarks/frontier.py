@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.common import write_result
-from mxd_saelens.specialisation import SPECIALISATION_FIELDS
+from mxd_saelens.evaluation.specialisation import SPECIALISATION_FIELDS
 
 KEEP = (
     "name",

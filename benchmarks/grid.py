@@ -11,7 +11,7 @@ last 20 %) and each start of ``--starts``:
 - ``paper``: the architecture's own cold start (for the MxD the paper's: random gate and
   encoder, D = 0, unit expert vectors);
 - ``mlp_encoder``: the encoder (an MxD's E, a transcoder's first d_mlp latents) copied from the
-  MLP being replaced (:mod:`mxd_saelens.warm_start`);
+  MLP being replaced (:mod:`mxd_saelens.training.warm_start`);
 - ``balanced``: the cold start with the selection bias nudged toward balanced usage after every
   step (``balance_rate``, :class:`mxd_saelens.saes.paired.SelectionBalanceFields`);
 - ``mlp_encoder_balanced``: the encoder copied from the MLP, and balanced as above.
@@ -19,7 +19,7 @@ last 20 %) and each start of ``--starts``:
 All candidates train in lockstep from one model pass over the bundled training split. The
 held-out split is cut into two disjoint halves of whole sequences: validation (the first) and
 test (the second). Each candidate is spliced into the model on both and its codes are probed
-(:mod:`mxd_saelens.specialisation`). Selection, per (architecture, k): among the candidates that
+(:mod:`mxd_saelens.evaluation.specialisation`). Selection, per (architecture, k): among the candidates that
 meet the readability floor (dead fraction on validation ≤ ``--max_dead`` and probe F1 ≥ the best
 probe F1 of any candidate at that k minus ``--probe_margin``), the lowest validation ΔCE; if none
 meets it, the lowest validation ΔCE outright, flagged. The selected MxD is compared with each
@@ -41,11 +41,11 @@ from sae_lens import SAE
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.common import write_result
 from mxd_saelens import zoo
+from mxd_saelens.data.tokens import token_sequences
 from mxd_saelens.demo import DemoOptions, layer_config, train_layers
-from mxd_saelens.evaluation import Evaluation, evaluate_layers
-from mxd_saelens.probing.probe import compare_probes
-from mxd_saelens.specialisation import LayerSpecialisation, layer_specialisation
-from mxd_saelens.tokens import token_sequences
+from mxd_saelens.evaluation.loss import Evaluation, evaluate_layers
+from mxd_saelens.evaluation.specialisation import LayerSpecialisation, layer_specialisation
+from mxd_saelens.reading.probing.probe import compare_probes
 
 STARTS = ("paper", "mlp_encoder", "balanced", "mlp_encoder_balanced")
 ROW_FIELDS = ("delta_ce", "delta_ce_se", "kl", "kl_se", "nmse", "l0", "dead_fraction")

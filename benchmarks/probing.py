@@ -25,18 +25,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs as a script
 
 from benchmarks.common import write_result
 from mxd_saelens import zoo
+from mxd_saelens.data.tokens import token_sequences
 from mxd_saelens.demo import DemoOptions, train_matched
-from mxd_saelens.evaluation import evaluate_layers
-from mxd_saelens.layers import load_layer
-from mxd_saelens.params import parameter_count
-from mxd_saelens.probing import (
+from mxd_saelens.evaluation.loss import evaluate_layers
+from mxd_saelens.reading.probing import (
     LayerCodes,
     NeuronCodes,
     corpus_labelled_set,
     format_probe_table,
     sparse_probe,
 )
-from mxd_saelens.tokens import token_sequences
+from mxd_saelens.saes.loading import load_layer
+from mxd_saelens.saes.params import parameter_count
 
 ARCHITECTURES = ("mxd", "topk_transcoder")
 

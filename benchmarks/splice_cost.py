@@ -20,10 +20,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.common import write_result
 from mxd_saelens import MxD, MxDConfig, TopKTranscoder, TopKTranscoderConfig, zoo
+from mxd_saelens.data.hooks import resolve_mlp_hooks
+from mxd_saelens.data.tokens import token_sequences
 from mxd_saelens.demo import matched_layer_fields
-from mxd_saelens.hooks import resolve_mlp_hooks
-from mxd_saelens.splice import SplicedLayer, splice
-from mxd_saelens.tokens import token_sequences
+from mxd_saelens.evaluation.splice import SplicedLayer, splice
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.common import environment
 from mxd_saelens import zoo
-from mxd_saelens.activations import PairedActivationsStore
+from mxd_saelens.data.paired_store import PairedActivationsStore
 from mxd_saelens.demo import DemoOptions, layer_config, train_layers
 
 

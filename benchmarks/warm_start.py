@@ -2,7 +2,7 @@
 transcoder: for each layer that ``benchmarks/train_layers.py`` saved (and each snapshot), the
 splice evaluation (ΔCE and KL with standard errors, dead fraction), paired comparisons with the
 paper-init MxD and the transcoder at the same token count and with a longer-trained reference
-layer, and the specialisation of each layer's codes (``mxd_saelens.specialisation``: probe F1 ±
+layer, and the specialisation of each layer's codes (``mxd_saelens.evaluation.specialisation``: probe F1 ±
 SE on the bundled corpus's language labels, top-32 share, effective number of codes, Jaccard
 overlaps), with paired probe comparisons.
 
@@ -29,11 +29,11 @@ from sae_lens import SAE
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.common import write_result
 from mxd_saelens import zoo
-from mxd_saelens.evaluation import Evaluation, evaluate_layers
-from mxd_saelens.probing import compare_probes
-from mxd_saelens.report import format_comparisons, format_specialisation, format_table
-from mxd_saelens.specialisation import add_specialisation, layer_specialisation
-from mxd_saelens.tokens import token_sequences
+from mxd_saelens.data.tokens import token_sequences
+from mxd_saelens.evaluation.loss import Evaluation, evaluate_layers
+from mxd_saelens.evaluation.report import format_comparisons, format_specialisation, format_table
+from mxd_saelens.evaluation.specialisation import add_specialisation, layer_specialisation
+from mxd_saelens.reading.probing import compare_probes
 
 PAPER, TRANSCODER, REFERENCE = "mxd-k32", "topk_transcoder-k32", "reference"
 

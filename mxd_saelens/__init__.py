@@ -5,9 +5,6 @@ Importing the package registers ``mxd``, ``topk_transcoder`` and ``topk_skip_tra
 ``skip_transcoder`` in SAELens's registries.
 """
 
-from mxd_saelens.config import runner_config
-from mxd_saelens.params import matched_n_experts, parameter_count, transcoder_parameter_count
-from mxd_saelens.registration import register_architectures
 from mxd_saelens.sae_lens_internals import accept_bundled_models, check_private_api
 from mxd_saelens.saes import (
     MxD,
@@ -27,6 +24,9 @@ from mxd_saelens.saes import (
     TranscoderTrainingSAE,
     TranscoderTrainingSAEConfig,
 )
+from mxd_saelens.saes.params import matched_n_experts, parameter_count, transcoder_parameter_count
+from mxd_saelens.saes.registration import register_architectures
+from mxd_saelens.training.config import runner_config
 
 check_private_api()  # an incompatible SAELens fails here, naming what it lacks
 register_architectures()

@@ -1,5 +1,5 @@
 import sys
 
-from mxd_saelens.cli import main
+from mxd_saelens.cli.main import main
 
 sys.exit(main())

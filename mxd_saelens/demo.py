@@ -20,20 +20,20 @@ from sae_lens import SAE
 from torch import nn
 
 from mxd_saelens import zoo
-from mxd_saelens.config import runner_config
-from mxd_saelens.evaluation import Evaluation, evaluate_layers
-from mxd_saelens.hooks import mlp_shape, resolve_mlp_hooks
-from mxd_saelens.multi_runner import MultiPairedTrainingRunner
-from mxd_saelens.params import matched_size
-from mxd_saelens.report import (
+from mxd_saelens.data.hooks import mlp_shape, resolve_mlp_hooks
+from mxd_saelens.data.tokens import token_sequences
+from mxd_saelens.evaluation.loss import Evaluation, evaluate_layers
+from mxd_saelens.evaluation.report import (
     format_comparisons,
     format_specialisation,
     format_table,
     peak_memory_line,
     write_report,
 )
-from mxd_saelens.specialisation import add_specialisation, layer_specialisation
-from mxd_saelens.tokens import token_sequences
+from mxd_saelens.evaluation.specialisation import add_specialisation, layer_specialisation
+from mxd_saelens.saes.params import matched_size
+from mxd_saelens.training.config import runner_config
+from mxd_saelens.training.multi_runner import MultiPairedTrainingRunner
 
 # Each architecture's recipe at the demo's budget (k = 32, 2M tokens, tiny-gelu block 2), chosen
 # by one procedure for all (benchmarks/grid.py → benchmarks/results/grid.json): the most faithful
@@ -91,7 +91,7 @@ class DemoOptions:
     architectures: tuple[str, ...] = ("mxd", "topk_transcoder", "topk_skip_transcoder")
     """The layers trained and compared, each parameter-matched to the transcoder's width."""
     specialisation: bool = True
-    """Also probe each layer's codes and measure their usage (mxd_saelens.specialisation):
+    """Also probe each layer's codes and measure their usage (mxd_saelens.evaluation.specialisation):
     how specialised the experts are, beside how faithful the layer is (about 30 s a layer)."""
     out_dir: str = "demo_output"
     """Folder for the saved layers, results.json and report.html."""

@@ -29,9 +29,9 @@ from sae_lens.constants import (
 )
 from simple_parsing import field as flag
 
-from mxd_saelens.cli_parsing import UserError, parse_options
-from mxd_saelens.layers import OWN_ARCHITECTURES, load_layer
-from mxd_saelens.params import parameter_count
+from mxd_saelens.cli.parsing import UserError, parse_options
+from mxd_saelens.saes.loading import OWN_ARCHITECTURES, load_layer
+from mxd_saelens.saes.params import parameter_count
 
 # the files upload_saes_to_huggingface uploads from a layer's folder (its allow_patterns)
 HUB_FILES = (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, SPARSITY_FILENAME, RUNNER_CFG_FILENAME)
@@ -161,9 +161,9 @@ def evaluate(
     device: str,
 ) -> None:
     """Splice each layer into its own model on held-out text and keep its row for the card."""
-    from mxd_saelens.evaluation import evaluate_layers
-    from mxd_saelens.sources import load_language_model
-    from mxd_saelens.tokens import token_sequences
+    from mxd_saelens.data.sources import load_language_model
+    from mxd_saelens.data.tokens import token_sequences
+    from mxd_saelens.evaluation.loss import evaluate_layers
 
     by_model: dict[str, list[PublishedLayer]] = {}
     for item in layers:
@@ -297,7 +297,7 @@ def _loading_section(repo_id: str, layers: Sequence[PublishedLayer]) -> list[str
         "hook and replaces the output hook its config names):",
         "",
         "```python",
-        "from mxd_saelens.splice import splice",
+        "from mxd_saelens.evaluation.splice import splice",
     ]
     if model_name in _bundled_models():
         lines += ["from mxd_saelens import zoo", "", f'model = zoo.load("{model_name}")']

@@ -13,7 +13,7 @@ What each reliance is for:
   dataloader (``_iterate_tokenized_sequences``, ``iterable_sequences``, ``_dataloader``,
   ``get_data_loader``, ``_iterate_filtered_activations``), its mixing settings
   (``activations_mixing_fraction``) and the device its model expects tokens on
-  (``_get_input_token_device``); the cache writer (:mod:`mxd_saelens.cache`) reads the same
+  (``_get_input_token_device``); the cache writer (:mod:`mxd_saelens.data.cache_writer`) reads the same
   filtered activations, so a cache holds exactly the rows a streaming run trains on.
 - ``LanguageModelSAETrainingRunner``: the paired runner does not call its ``__init__`` (which
   builds a single-hook store and evaluator) but reuses its saving and compiling methods

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from mxd_saelens.analysis import (
+from mxd_saelens.reading.analysis import (
     code_frequencies,
     contexts_figure,
     expert_matrix,
@@ -24,7 +24,7 @@ from mxd_saelens.analysis import (
     token_effects_figure,
     top_activating_contexts,
 )
-from mxd_saelens.probing import NeuronCodes
+from mxd_saelens.reading.probing import NeuronCodes
 from tests.test_steering import FIELDS, LAYER, train_small_layer
 
 torch.set_num_threads(1)

@@ -18,17 +18,17 @@ import torch
 
 import mxd_saelens as mxd
 from mxd_saelens import zoo
-from mxd_saelens.analysis import check_code
-from mxd_saelens.cli import UserError, parse_train_args
-from mxd_saelens.directions import output_directions
-from mxd_saelens.hooks import MLPHookMismatch, resolve_mlp_hooks
-from mxd_saelens.layers import load_layer
-from mxd_saelens.multi_runner import MultiPairedTrainingRunner
-from mxd_saelens.probing.probe import check_labels
-from mxd_saelens.runner import PairedTrainingRunner
-from mxd_saelens.sources import load_dataset_source
-from mxd_saelens.splice import splice
-from mxd_saelens.tokens import token_sequences
+from mxd_saelens.cli.main import UserError, parse_train_args
+from mxd_saelens.data.hooks import MLPHookMismatch, resolve_mlp_hooks
+from mxd_saelens.data.sources import load_dataset_source
+from mxd_saelens.data.tokens import token_sequences
+from mxd_saelens.evaluation.splice import splice
+from mxd_saelens.reading.analysis import check_code
+from mxd_saelens.reading.directions import output_directions
+from mxd_saelens.reading.probing.probe import check_labels
+from mxd_saelens.saes.loading import load_layer
+from mxd_saelens.training.multi_runner import MultiPairedTrainingRunner
+from mxd_saelens.training.runner import PairedTrainingRunner
 
 MODEL = "tiny-gelu"
 D, H, LAYER = 128, 512, 2

@@ -13,7 +13,7 @@ from sae_lens.config import SAETrainerConfig
 
 import mxd_saelens as mxd
 from mxd_saelens.saes.paired import balance_selection_bias
-from mxd_saelens.trainer import PairedSAETrainer
+from mxd_saelens.training.trainer import PairedSAETrainer
 from tests.helpers import randomize_
 
 I, O, H, N, K, B = 12, 10, 24, 50, 5, 64

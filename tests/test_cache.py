@@ -18,14 +18,14 @@ import torch
 from sae_lens import SAE
 from sae_lens.training.activations_store import ActivationsStore
 
-from mxd_saelens.cache import cache_paired_activations
-from mxd_saelens.cached_store import CachedPairedActivations
-from mxd_saelens.cli import main
-from mxd_saelens.config import runner_config
-from mxd_saelens.multi_runner import MultiPairedTrainingRunner
-from mxd_saelens.paired_cache import CacheMismatch, PairedCache, as_tensor
-from mxd_saelens.runner import PairedTrainingRunner
-from mxd_saelens.trainer import TrainingInterrupted
+from mxd_saelens.cli.main import main
+from mxd_saelens.data.cache_format import CacheMismatch, PairedCache, as_tensor
+from mxd_saelens.data.cache_reader import CachedPairedActivations
+from mxd_saelens.data.cache_writer import cache_paired_activations
+from mxd_saelens.training.config import runner_config
+from mxd_saelens.training.multi_runner import MultiPairedTrainingRunner
+from mxd_saelens.training.runner import PairedTrainingRunner
+from mxd_saelens.training.trainer import TrainingInterrupted
 
 D, H = 32, 128
 HOOKS = {b: (f"blocks.{b}.ln2.hook_normalized", f"blocks.{b}.hook_mlp_out") for b in (0, 1)}

@@ -9,11 +9,11 @@ import shlex
 
 import pytest
 
-from mxd_saelens.cli import COMMANDS, EvalOptions, main, parse_options, parse_train_args
-from mxd_saelens.hooks import MLPHookMismatch
-from mxd_saelens.model_fields import PAIRED_ARCHITECTURES
-from mxd_saelens.params import matched_size
-from mxd_saelens.research_cli import ProbeOptions, SteerOptions
+from mxd_saelens.cli.main import COMMANDS, EvalOptions, main, parse_options, parse_train_args
+from mxd_saelens.cli.research import ProbeOptions, SteerOptions
+from mxd_saelens.data.hooks import MLPHookMismatch
+from mxd_saelens.saes.params import matched_size
+from mxd_saelens.training.config_from_model import PAIRED_ARCHITECTURES
 from mxd_saelens.zoo import ZooFileError
 
 REPORTED = (
@@ -346,7 +346,7 @@ def _assert_readable(helps: dict[str, str], where: str) -> None:
 
 @pytest.mark.parametrize("architecture", PAIRED_ARCHITECTURES)
 def test_every_train_flag_has_a_sentence_of_its_own(architecture: str, capsys):
-    from mxd_saelens.cli import train_parser
+    from mxd_saelens.cli.main import train_parser
 
     _, parser = train_parser(["--architecture", architecture, "--help"])
     helps = _flag_helps(parser)
@@ -361,11 +361,11 @@ def test_every_train_flag_has_a_sentence_of_its_own(architecture: str, capsys):
 
 
 def test_every_flag_of_the_other_commands_has_help():
-    from mxd_saelens.cache import CacheConfig
-    from mxd_saelens.cli_parsing import CommandParser
+    from mxd_saelens.cli.parsing import CommandParser
+    from mxd_saelens.cli.research import DashboardOptions
+    from mxd_saelens.data.cache_writer import CacheConfig
     from mxd_saelens.demo import DemoOptions
     from mxd_saelens.hub import UploadOptions
-    from mxd_saelens.research_cli import DashboardOptions
 
     for options in (EvalOptions, CacheConfig, DemoOptions, ProbeOptions, SteerOptions,
                     DashboardOptions, UploadOptions):  # fmt: skip
@@ -394,6 +394,6 @@ def test_the_command_modules_do_not_import_each_other():
     import subprocess
     import sys
 
-    code = "import sys, mxd_saelens.research_cli; print('mxd_saelens.cli' in sys.modules)"
+    code = "import sys, mxd_saelens.cli.research; print('mxd_saelens.cli.main' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -10,11 +10,11 @@ import torch
 
 import mxd_saelens as mxd
 from mxd_saelens import zoo
-from mxd_saelens.analysis import logit_direction, mean_hidden
-from mxd_saelens.cli import main
-from mxd_saelens.dashboard import collect, render, write_dashboard
-from mxd_saelens.directions import output_directions
-from mxd_saelens.tokens import token_sequences
+from mxd_saelens.cli.main import main
+from mxd_saelens.data.tokens import token_sequences
+from mxd_saelens.reading.analysis import logit_direction, mean_hidden
+from mxd_saelens.reading.dashboard import collect, render, write_dashboard
+from mxd_saelens.reading.directions import output_directions
 from tests.helpers import randomize_
 
 HOOK_IN, HOOK_OUT = "blocks.2.ln2.hook_normalized", "blocks.2.hook_mlp_out"

@@ -14,8 +14,8 @@ from sae_lens import SAE
 from sae_lens.saes.sae import TrainStepInput
 
 import mxd_saelens as mxd
-from mxd_saelens.config import runner_config
-from mxd_saelens.runner import PairedTrainingRunner
+from mxd_saelens.training.config import runner_config
+from mxd_saelens.training.runner import PairedTrainingRunner
 from tests.helpers import grads_of, randomize_, wandb_history, wandb_run_file_since, zero_grads
 
 I, O, H, N, K, AUX_K, B = 12, 10, 24, 50, 5, 12, 40

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import mxd_saelens as mxd
-from mxd_saelens.directions import input_directions, output_directions
+from mxd_saelens.reading.directions import input_directions, output_directions
 from tests.helpers import randomize_
 from tests.test_mxd_math import H, I, N, O, make_mxd
 

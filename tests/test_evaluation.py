@@ -17,17 +17,17 @@ from datasets import Dataset
 
 import mxd_saelens as mxd
 from mxd_saelens import zoo
-from mxd_saelens.cli import main
-from mxd_saelens.evaluation import (
+from mxd_saelens.cli.main import main
+from mxd_saelens.data.hooks import resolve_mlp_hooks
+from mxd_saelens.data.tokens import token_sequences
+from mxd_saelens.evaluation.loss import (
     BatchForwards,
     compare,
     evaluate_layers,
     evaluate_splice,
 )
-from mxd_saelens.hooks import resolve_mlp_hooks
-from mxd_saelens.report import format_comparisons, format_table, write_report
-from mxd_saelens.splice import SplicedLayer, hooks_of, spliced_forward
-from mxd_saelens.tokens import token_sequences
+from mxd_saelens.evaluation.report import format_comparisons, format_table, write_report
+from mxd_saelens.evaluation.splice import SplicedLayer, hooks_of, spliced_forward
 from tests.helpers import randomize_
 
 

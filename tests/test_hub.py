@@ -22,7 +22,7 @@ from sae_lens.constants import (
 )
 from safetensors.torch import load_file, save_file
 
-from mxd_saelens.cli import main
+from mxd_saelens.cli.main import main
 from tests.helpers import as_hub_cache
 
 REPO = "someone/tiny-layers"

@@ -16,14 +16,14 @@ import torch
 from transformer_lens import HookedTransformer
 
 from mxd_saelens import runner_config
-from mxd_saelens.cache import cache_paired_activations
-from mxd_saelens.cli import main
-from mxd_saelens.evaluation import evaluate_splice
-from mxd_saelens.hooks import MLPHookMismatch
-from mxd_saelens.layers import load_layer
-from mxd_saelens.runner import PairedTrainingRunner
-from mxd_saelens.sources import load_model_of_layers, paired_loading_options
-from mxd_saelens.splice import SplicedLayer, hooks_of
+from mxd_saelens.cli.main import main
+from mxd_saelens.data.cache_writer import cache_paired_activations
+from mxd_saelens.data.hooks import MLPHookMismatch
+from mxd_saelens.data.sources import load_model_of_layers, paired_loading_options
+from mxd_saelens.evaluation.loss import evaluate_splice
+from mxd_saelens.evaluation.splice import SplicedLayer, hooks_of
+from mxd_saelens.saes.loading import load_layer
+from mxd_saelens.training.runner import PairedTrainingRunner
 from tests.conftest import synthetic_texts
 from tests.helpers import HUB_STAND_INS, write_hub_stand_in
 

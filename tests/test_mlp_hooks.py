@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from mxd_saelens import zoo
-from mxd_saelens.config import runner_config
-from mxd_saelens.hooks import MLPHookMismatch, resolve_mlp_hooks
-from mxd_saelens.runner import PairedTrainingRunner
-from mxd_saelens.splice import SplicedLayer, splice
-from mxd_saelens.tokens import token_sequences
+from mxd_saelens.data.hooks import MLPHookMismatch, resolve_mlp_hooks
+from mxd_saelens.data.tokens import token_sequences
+from mxd_saelens.evaluation.splice import SplicedLayer, splice
+from mxd_saelens.training.config import runner_config
+from mxd_saelens.training.runner import PairedTrainingRunner
 
 
 class OwnMLP(nn.Module):

@@ -11,10 +11,10 @@ import pytest
 import torch
 from sae_lens import SAE
 
-from mxd_saelens.config import runner_config
-from mxd_saelens.multi_runner import MultiPairedTrainingRunner
-from mxd_saelens.runner import PairedTrainingRunner
-from mxd_saelens.trainer import TrainingInterrupted
+from mxd_saelens.training.config import runner_config
+from mxd_saelens.training.multi_runner import MultiPairedTrainingRunner
+from mxd_saelens.training.runner import PairedTrainingRunner
+from mxd_saelens.training.trainer import TrainingInterrupted
 
 D, H = 32, 128
 SMALL_RUN = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import mxd_saelens as mxd
-from mxd_saelens.params import matched_size, parameter_count, transcoder_parameter_count
+from mxd_saelens.saes.params import matched_size, parameter_count, transcoder_parameter_count
 
 I, H, D_SAE = 64, 256, 2048
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from mxd_saelens import research_cli
-from mxd_saelens.probing import (
+from mxd_saelens.cli import research as research_cli
+from mxd_saelens.reading.probing import (
     HUB_SETS,
     LabelledTexts,
     LayerCodes,

@@ -22,10 +22,10 @@ from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import mxd_saelens as mxd
-import mxd_saelens.hooks
-from mxd_saelens.config import runner_config
-from mxd_saelens.runner import PairedTrainingRunner
-from mxd_saelens.trainer import TrainingInterrupted
+import mxd_saelens.data.hooks
+from mxd_saelens.training.config import runner_config
+from mxd_saelens.training.runner import PairedTrainingRunner
+from mxd_saelens.training.trainer import TrainingInterrupted
 from tests.helpers import wandb_history, wandb_record_kinds, wandb_run_file_since
 
 D, H, LAYER = 32, 128, 1
@@ -502,7 +502,7 @@ def test_wandb_without_an_account_names_the_ways_out(tmp_path):
     before training with the three ways out, not wandb's bare "No API key configured"."""
     script = """
 import mxd_saelens
-from mxd_saelens.runner import PairedTrainingRunner, WandbNotConfigured
+from mxd_saelens.training.runner import PairedTrainingRunner, WandbNotConfigured
 cfg = mxd_saelens.runner_config(
     "mxd", model_name="tiny-gelu", dataset_path="zoo", layer=2, d_in=128, n_experts=64, k=4,
     d_hidden=512, activation="gelu_tanh", training_tokens=2048, context_size=128,

@@ -190,7 +190,7 @@ def test_registration_is_idempotent_and_respects_existing_names() -> None:
         SAE_CLASS_REGISTRY["topk_transcoder"] = saved
 
     # importing the package in a fresh interpreter twice over (reload) raises nothing
-    script = "import importlib, mxd_saelens, mxd_saelens.registration as r; importlib.reload(r); r.register_architectures(); print('ok')"
+    script = "import importlib, mxd_saelens, mxd_saelens.saes.registration as r; importlib.reload(r); r.register_architectures(); print('ok')"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 

@@ -11,8 +11,7 @@ import torch
 
 import mxd_saelens as mxd
 from mxd_saelens import zoo
-from mxd_saelens.probing import corpus_labelled_set
-from mxd_saelens.specialisation import (
+from mxd_saelens.evaluation.specialisation import (
     _mean_jaccard,
     _random_pairs,
     _same_class_pairs,
@@ -22,6 +21,7 @@ from mxd_saelens.specialisation import (
     specialisation,
     usage_metrics,
 )
+from mxd_saelens.reading.probing import corpus_labelled_set
 
 
 def _fired(n_tokens: int = 300, n_codes: int = 50, k: int = 4, seed: int = 0) -> torch.Tensor:
@@ -99,8 +99,8 @@ def test_firing_sets_are_the_layers_codes_on_each_texts_tokens() -> None:
 def test_layer_specialisation_rows_carry_the_probe_and_the_usage() -> None:
     """The row fields are the probe's and the usage metrics' own numbers, added to the named
     row only, and the report prints them."""
-    from mxd_saelens.probing import LayerCodes, sparse_probe
-    from mxd_saelens.report import format_specialisation
+    from mxd_saelens.evaluation.report import format_specialisation
+    from mxd_saelens.reading.probing import LayerCodes, sparse_probe
 
     model = zoo.load("tiny-gelu")
     layer = mxd.MxD(

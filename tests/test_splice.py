@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from sae_lens import HookedSAETransformer
 
 import mxd_saelens as mxd
-from mxd_saelens.evaluation import evaluate_splice
-from mxd_saelens.hooks import resolve_mlp_hooks
-from mxd_saelens.report import write_report
-from mxd_saelens.splice import SplicedLayer, splice
+from mxd_saelens.data.hooks import resolve_mlp_hooks
+from mxd_saelens.evaluation.loss import evaluate_splice
+from mxd_saelens.evaluation.report import write_report
+from mxd_saelens.evaluation.splice import SplicedLayer, splice
 from tests.helpers import randomize_
 
 LAYER = 1

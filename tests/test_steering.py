@@ -11,17 +11,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mxd_saelens import research_cli
-from mxd_saelens.config import runner_config
-from mxd_saelens.layers import load_layer
-from mxd_saelens.runner import PairedTrainingRunner
-from mxd_saelens.steering import (
+from mxd_saelens.cli import research as research_cli
+from mxd_saelens.reading.steering import (
     evaluate_steering,
     generate,
     promoted_token_ids,
     score_generations,
     steering,
 )
+from mxd_saelens.saes.loading import load_layer
+from mxd_saelens.training.config import runner_config
+from mxd_saelens.training.runner import PairedTrainingRunner
 
 torch.set_num_threads(1)  # small tensors: one thread is fastest and immune to other load
 
@@ -76,7 +76,7 @@ def reference(tiny_model, heldout_tokens) -> torch.Tensor:
 
 
 def busiest_code(model, layer, tokens) -> int:
-    from mxd_saelens.probing import LayerCodes
+    from mxd_saelens.reading.probing import LayerCodes
 
     return int((LayerCodes(layer).codes(model, tokens) != 0).sum((0, 1)).argmax())
 

@@ -9,8 +9,8 @@ import torch
 from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
 from sae_lens.training.sae_trainer import SAETrainer
 
-from mxd_saelens.config import runner_config
-from mxd_saelens.trainer import PairedSAETrainer
+from mxd_saelens.training.config import runner_config
+from mxd_saelens.training.trainer import PairedSAETrainer
 
 D = 16
 FIELDS = {

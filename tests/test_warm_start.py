@@ -8,8 +8,13 @@ import torch
 
 import mxd_saelens as mxd
 from mxd_saelens import zoo
-from mxd_saelens.hooks import mlp_shape
-from mxd_saelens.warm_start import check_init, mlp_weights, warm_start_, warm_start_transcoder_
+from mxd_saelens.data.hooks import mlp_shape
+from mxd_saelens.training.warm_start import (
+    check_init,
+    mlp_weights,
+    warm_start_,
+    warm_start_transcoder_,
+)
 
 LAYER = 2
 
@@ -95,8 +100,8 @@ def test_paper_init_is_untouched_and_bad_requests_are_refused() -> None:
 def test_the_runners_start_the_layer_from_the_models_mlp(init: str, tmp_path) -> None:
     """Through the single and the multi-layer runner: zero training tokens after the start
     are not possible, so train a few steps at a learning rate too small to move anything."""
-    from mxd_saelens.multi_runner import MultiPairedTrainingRunner
-    from mxd_saelens.runner import PairedTrainingRunner
+    from mxd_saelens.training.multi_runner import MultiPairedTrainingRunner
+    from mxd_saelens.training.runner import PairedTrainingRunner
 
     model = zoo.load("tiny-gelu")
     cfg = mxd.runner_config(
@@ -173,7 +178,7 @@ def test_transcoder_init_refuses_gated_mlps_and_narrow_layers() -> None:
 
 
 def test_the_runner_starts_a_transcoder_from_the_models_mlp() -> None:
-    from mxd_saelens.runner import PairedTrainingRunner
+    from mxd_saelens.training.runner import PairedTrainingRunner
 
     model = zoo.load("tiny-gelu")
     cfg = mxd.runner_config(

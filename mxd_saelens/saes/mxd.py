@@ -64,7 +64,7 @@ from mxd_saelens.saes.paired import (
     dead_feature_aux_loss,
     paired_training_forward_pass,
 )
-from mxd_saelens.warm_start import check_init
+from mxd_saelens.training.warm_start import check_init
 
 HIDDEN_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu,
@@ -299,7 +299,7 @@ class MxDModule:
         if self.use_error_term:
             raise ValueError(
                 "an MxD replaces an MLP, so its error term is (MLP output − MxD output); use "
-                "mxd_saelens.splice(..., use_error_term=True) or HookedSAETransformer.add_sae("
+                "mxd_saelens.evaluation.splice(..., use_error_term=True) or HookedSAETransformer.add_sae("
                 "..., use_error_term=True), which know the MLP's output."
             )
         return self.hook_sae_output(self._forward_output(self.process_sae_in(x)))
@@ -355,7 +355,7 @@ class MxDTrainingSAEConfig(
     decoder_init_norm: float | None = None
     init: str = "paper"
     """``"paper"``: random E, G, C and D = 0 (the paper). Beyond the paper, from the MLP being
-    replaced (the runner reads it from the model; see ``mxd_saelens.warm_start``):
+    replaced (the runner reads it from the model; see ``mxd_saelens.training.warm_start``):
     ``"mlp_encoder"``, E from the MLP and D = 0; ``"mlp"``, E and D from the MLP and experts
     jittered around one shared direction by ``init_noise``."""
     init_noise: float = 1.0

@@ -40,7 +40,7 @@ from mxd_saelens.saes.paired import (
     dead_feature_aux_loss,
     paired_training_forward_pass,
 )
-from mxd_saelens.warm_start import check_init
+from mxd_saelens.training.warm_start import check_init
 
 
 def check_topk(k: int, d_sae: int) -> None:
@@ -192,7 +192,7 @@ class TopKTranscoderTrainingSAEConfig(
     decoder_init_norm: float | None = None
     init: str = "paper"
     """``"paper"``: the linear-layer init. Beyond it, the analogue of the MxD's warm starts (the
-    runner reads the MLP from the model; see ``mxd_saelens.warm_start.warm_start_transcoder_``):
+    runner reads the MLP from the model; see ``mxd_saelens.training.warm_start.warm_start_transcoder_``):
     ``"mlp_encoder"``, the first d_mlp latents' encoder from the MLP; ``"mlp"``, their decoder
     rows and the output bias too."""
 

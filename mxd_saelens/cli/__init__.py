@@ -1,0 +1,5 @@
+"""The ``mxd-saelens`` command line."""
+
+from mxd_saelens.cli.main import main
+
+__all__ = ["main"]

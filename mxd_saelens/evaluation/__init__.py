@@ -1,0 +1,1 @@
+"""Evaluation: splicing a layer into its model, next-token loss with standard errors, specialisation and reports."""

@@ -1,0 +1,1 @@
+"""Reading a trained layer: probing, steering, analysis, directions and dashboards."""

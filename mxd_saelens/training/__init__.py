@@ -1,0 +1,1 @@
+"""Training: runner configs, the runner and trainer, data parallelism and warm starts."""

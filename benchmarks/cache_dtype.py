@@ -24,7 +24,7 @@ from mxd_saelens.data.tokens import token_sequences
 from mxd_saelens.demo import DemoOptions, layer_config
 from mxd_saelens.evaluation.loss import evaluate_layers
 from mxd_saelens.evaluation.report import format_comparisons, format_table
-from mxd_saelens.training.multi_runner import MultiPairedTrainingRunner
+from mxd_saelens.training.runner import MultiPairedTrainingRunner
 
 ARCHITECTURES = ("mxd", "topk_transcoder")
 DTYPES = ("float32", "bfloat16")

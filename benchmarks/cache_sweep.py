@@ -33,8 +33,7 @@ from benchmarks.common import step_only_seconds, write_result
 from mxd_saelens import zoo
 from mxd_saelens.data.cache_writer import cache_paired_activations
 from mxd_saelens.demo import DemoOptions, layer_config
-from mxd_saelens.training.multi_runner import MultiPairedTrainingRunner
-from mxd_saelens.training.runner import PairedTrainingRunner
+from mxd_saelens.training.runner import MultiPairedTrainingRunner, PairedTrainingRunner
 
 ARCHITECTURES = ("mxd", "topk_transcoder", "topk_skip_transcoder")
 

@@ -43,7 +43,7 @@ def write_result(path: str | Path, result: dict[str, Any]) -> Path:
 def step_only_seconds(configs: dict[str, Any], store: Any, n_steps: int) -> dict[str, float]:
     """Each configured layer's ``n_steps`` training steps alone, on (up to 64) batches drawn from
     ``store`` beforehand: the rate a training run would have without its data pipeline."""
-    from mxd_saelens.training.runner import build_training_layer
+    from mxd_saelens.training.building import build_training_layer
     from mxd_saelens.training.trainer import PairedSAETrainer
 
     batches = [next(store) for _ in range(min(n_steps, 64))]

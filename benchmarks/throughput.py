@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.common import step_only_seconds, write_result
 from mxd_saelens import zoo
 from mxd_saelens.demo import DemoOptions, layer_config
-from mxd_saelens.training.multi_runner import MultiPairedTrainingRunner
+from mxd_saelens.training.runner import MultiPairedTrainingRunner
 
 ARCHITECTURES = ("mxd", "topk_transcoder", "topk_skip_transcoder")
 

@@ -32,13 +32,17 @@ check_private_api()  # an incompatible SAELens fails here, naming what it lacks
 register_architectures()
 accept_bundled_models()  # SAELens's load_model and runners accept the bundled models' names
 
+from mxd_saelens.training.runner import MultiPairedTrainingRunner, PairedTrainingRunner  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "MultiPairedTrainingRunner",
     "MxD",
     "MxDConfig",
     "MxDTrainingSAE",
     "MxDTrainingSAEConfig",
+    "PairedTrainingRunner",
     "SkipTranscoderTrainingSAE",
     "SkipTranscoderTrainingSAEConfig",
     "TopKSkipTranscoder",

@@ -33,7 +33,7 @@ from mxd_saelens.evaluation.report import (
 from mxd_saelens.evaluation.specialisation import add_specialisation, layer_specialisation
 from mxd_saelens.saes.params import matched_size
 from mxd_saelens.training.config import runner_config
-from mxd_saelens.training.multi_runner import MultiPairedTrainingRunner
+from mxd_saelens.training.runner import MultiPairedTrainingRunner
 
 # Each architecture's recipe at the demo's budget (k = 32, 2M tokens, tiny-gelu block 2), chosen
 # by one procedure for all (benchmarks/grid.py → benchmarks/results/grid.json): the most faithful

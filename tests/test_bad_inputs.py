@@ -27,8 +27,7 @@ from mxd_saelens.reading.analysis import check_code
 from mxd_saelens.reading.directions import output_directions
 from mxd_saelens.reading.probing.probe import check_labels
 from mxd_saelens.saes.loading import load_layer
-from mxd_saelens.training.multi_runner import MultiPairedTrainingRunner
-from mxd_saelens.training.runner import PairedTrainingRunner
+from mxd_saelens.training.runner import MultiPairedTrainingRunner, PairedTrainingRunner
 
 MODEL = "tiny-gelu"
 D, H, LAYER = 128, 512, 2

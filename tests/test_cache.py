@@ -23,8 +23,7 @@ from mxd_saelens.data.cache_format import CacheMismatch, PairedCache, as_tensor
 from mxd_saelens.data.cache_reader import CachedPairedActivations
 from mxd_saelens.data.cache_writer import cache_paired_activations
 from mxd_saelens.training.config import runner_config
-from mxd_saelens.training.multi_runner import MultiPairedTrainingRunner
-from mxd_saelens.training.runner import PairedTrainingRunner
+from mxd_saelens.training.runner import MultiPairedTrainingRunner, PairedTrainingRunner
 from mxd_saelens.training.trainer import TrainingInterrupted
 
 D, H = 32, 128

@@ -365,7 +365,7 @@ def test_every_flag_of_the_other_commands_has_help():
     from mxd_saelens.cli.research import DashboardOptions
     from mxd_saelens.data.cache_writer import CacheConfig
     from mxd_saelens.demo import DemoOptions
-    from mxd_saelens.hub import UploadOptions
+    from mxd_saelens.hub.upload import UploadOptions
 
     for options in (EvalOptions, CacheConfig, DemoOptions, ProbeOptions, SteerOptions,
                     DashboardOptions, UploadOptions):  # fmt: skip

@@ -138,6 +138,45 @@ def test_data_parallel_gradients_are_the_mean_of_the_ranks_gradients(tmp_path):
         assert not torch.allclose(saved["first"][name], mean[name], rtol=1e-2), name
 
 
+SEVERAL_LAYERS = """
+import sys
+from mxd_saelens import MultiPairedTrainingRunner, runner_config
+
+cache, out = sys.argv[1], sys.argv[2]
+common = dict(model_name="tiny-gelu", dataset_path="zoo", layer=2, k=4, training_tokens=8192,
+              train_batch_size_tokens=1024, n_eval_batches=1, eval_batch_size_prompts=2,
+              n_batches_for_norm_estimate=2, cached_activations_path=cache, log_to_wandb=False,
+              verbose=False, checkpoint_path=None)
+cfgs = {
+    "mxd": runner_config("mxd", n_experts=64, output_path=f"{out}/mxd", **common),
+    "tc": runner_config("topk_transcoder", d_sae=256, lr=3e-3, output_path=f"{out}/tc", **common),
+}
+runner = MultiPairedTrainingRunner(cfgs, snapshot_tokens=[4096], snapshot_path=f"{out}/snapshots")
+runner.run()
+"""
+
+
+def test_several_layers_train_data_parallel_as_in_one_process(cache, tmp_path):
+    """Two layers from one forward, under torchrun at half the batch per process: each layer
+    equals the one-process layer, and rank 0 alone writes the layers and the snapshot."""
+    script = tmp_path / "several.py"
+    script.write_text(SEVERAL_LAYERS)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node", "2", str(script), str(cache), str(tmp_path / "two")]
+    done = subprocess.run(command, cwd=tmp_path, env=env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    alone = [sys.executable, str(script), str(cache), str(tmp_path / "one")]
+    done = subprocess.run(alone, cwd=tmp_path, env=env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("mxd", "tc"):
+        two, one = weights(tmp_path / "two" / name), weights(tmp_path / "one" / name)
+        assert_close(two, one, rtol=1e-4, atol=1e-6)
+        snapshot = weights(tmp_path / "two" / "snapshots" / "4096" / name)
+        assert not torch.equal(snapshot[next(iter(snapshot))], two[next(iter(two))])
+    # the two layers really differ (different architectures and learning rates)
+    assert weights(tmp_path / "one" / "mxd").keys() != weights(tmp_path / "one" / "tc").keys()
+
+
 def wait_for_trained_tokens(log: Path, tokens: int, at_least: int, timeout: float = 300) -> int:
     """Poll the run's progress bar (``N/tokens``, written by rank 0 and 1 alike) until it has
     counted ``at_least`` trained tokens; return the count seen."""

@@ -20,8 +20,8 @@ from mxd_saelens import zoo
 from mxd_saelens.cli.main import main
 from mxd_saelens.data.hooks import resolve_mlp_hooks
 from mxd_saelens.data.tokens import token_sequences
+from mxd_saelens.evaluation.forwards import BatchForwards
 from mxd_saelens.evaluation.loss import (
-    BatchForwards,
     compare,
     evaluate_layers,
     evaluate_splice,

@@ -12,8 +12,7 @@ import torch
 from sae_lens import SAE
 
 from mxd_saelens.training.config import runner_config
-from mxd_saelens.training.multi_runner import MultiPairedTrainingRunner
-from mxd_saelens.training.runner import PairedTrainingRunner
+from mxd_saelens.training.runner import MultiPairedTrainingRunner, PairedTrainingRunner
 from mxd_saelens.training.trainer import TrainingInterrupted
 
 D, H = 32, 128

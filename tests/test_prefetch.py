@@ -14,16 +14,11 @@ import torch
 from safetensors.torch import load_file
 
 from mxd_saelens.cli.main import parse_train_args
+from mxd_saelens.data.buffers import PREFETCH_THREAD_NAME, BackgroundRefill
 from mxd_saelens.data.hooks import resolve_mlp_hooks
-from mxd_saelens.data.paired_store import (
-    PAIRED_STATE_FILENAME,
-    PREFETCH_THREAD_NAME,
-    BackgroundRefill,
-    PairedActivationsStore,
-)
+from mxd_saelens.data.paired_store import PAIRED_STATE_FILENAME, PairedActivationsStore
 from mxd_saelens.training.config import runner_config
-from mxd_saelens.training.multi_runner import MultiPairedTrainingRunner
-from mxd_saelens.training.runner import PairedTrainingRunner
+from mxd_saelens.training.runner import MultiPairedTrainingRunner, PairedTrainingRunner
 from mxd_saelens.training.trainer import TrainingInterrupted
 from tests.helpers import wandb_history, wandb_run_file_since
 from tests.test_runner import HOOK_IN, SMALL_RUN, D, H, _resumable_config

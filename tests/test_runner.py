@@ -405,9 +405,9 @@ def test_activation_scale_is_learned_on_both_sides_and_folded(
 
 
 def test_gated_model_trains_a_glu_mxd(tiny_gated_model, text_dataset, tmp_path):
-    hooks = mxd.hooks.resolve_mlp_hooks(tiny_gated_model, layer=LAYER)
+    hooks = mxd.data.hooks.resolve_mlp_hooks(tiny_gated_model, layer=LAYER)
     assert hooks.hook_in == HOOK_IN  # RMSNorm models normalise into ln2 too
-    shape = mxd.hooks.mlp_shape(tiny_gated_model)
+    shape = mxd.data.hooks.mlp_shape(tiny_gated_model)
     assert shape == {"d_hidden": H, "activation": "silu", "glu": True}
     cfg = runner_config(
         "mxd",
@@ -502,7 +502,8 @@ def test_wandb_without_an_account_names_the_ways_out(tmp_path):
     before training with the three ways out, not wandb's bare "No API key configured"."""
     script = """
 import mxd_saelens
-from mxd_saelens.training.runner import PairedTrainingRunner, WandbNotConfigured
+from mxd_saelens.training.recording import WandbNotConfigured
+from mxd_saelens.training.runner import PairedTrainingRunner
 cfg = mxd_saelens.runner_config(
     "mxd", model_name="tiny-gelu", dataset_path="zoo", layer=2, d_in=128, n_experts=64, k=4,
     d_hidden=512, activation="gelu_tanh", training_tokens=2048, context_size=128,

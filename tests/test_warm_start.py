@@ -100,8 +100,7 @@ def test_paper_init_is_untouched_and_bad_requests_are_refused() -> None:
 def test_the_runners_start_the_layer_from_the_models_mlp(init: str, tmp_path) -> None:
     """Through the single and the multi-layer runner: zero training tokens after the start
     are not possible, so train a few steps at a learning rate too small to move anything."""
-    from mxd_saelens.training.multi_runner import MultiPairedTrainingRunner
-    from mxd_saelens.training.runner import PairedTrainingRunner
+    from mxd_saelens.training.runner import MultiPairedTrainingRunner, PairedTrainingRunner
 
     model = zoo.load("tiny-gelu")
     cfg = mxd.runner_config(

@@ -1,5 +1,2 @@
-"""The ``mxd-saelens`` command line."""
-
-from mxd_saelens.cli.main import main
-
-__all__ = ["main"]
+"""The ``mxd-saelens`` command line: ``main`` (train, cache, eval, demo, upload), ``research``
+(probe, steer, dashboard), the shared flag parsing and help."""

@@ -345,7 +345,7 @@ def dashboard(args: Sequence[str]) -> None:
 
 
 def upload(args: Sequence[str]) -> None:
-    from mxd_saelens.hub import upload as run_upload
+    from mxd_saelens.hub.upload import upload as run_upload
 
     run_upload(args)
 

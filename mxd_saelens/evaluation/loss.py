@@ -43,236 +43,35 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
 import numpy as np
 import torch
-from sae_lens.util import get_special_token_ids
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
-from transformer_lens.hook_points import HookedRootModule, HookPoint
-from transformer_lens.utils import lm_cross_entropy_loss
+from transformer_lens.hook_points import HookedRootModule
 
 from mxd_saelens.data.hooks import MLPHooks, layer_of
-from mxd_saelens.data.tokens import special_token_ids
-from mxd_saelens.evaluation.splice import SplicedLayer, hooks_of, run_layer
-from mxd_saelens.saes.common import forget_encoding
-
-
-@dataclass
-class SpliceMetrics:
-    """The metrics of one spliced layer (see the module docstring).
-
-    ``per_sequence`` holds ``[n_sequences]`` arrays for paired comparisons: ``n_tokens`` (the
-    predicted tokens counted in each sequence) and the per-sequence means over them of
-    ``ce_clean``, ``ce_spliced``, ``ce_zero_ablation``, ``ce_mean_ablation`` and ``kl``.
-    """
-
-    ce_clean: float
-    ce_spliced: float
-    ce_zero_ablation: float
-    ce_mean_ablation: float
-    delta_ce: float
-    delta_ce_se: float
-    ce_recovered: float
-    ce_recovered_se: float
-    kl: float
-    kl_se: float
-    nmse: float
-    nmse_se: float
-    explained_variance: float
-    l0: float
-    dead_fraction: float
-    dense_fraction: float
-    n_tokens: int
-    n_sequences: int
-    per_sequence: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-
-    def to_dict(self) -> dict[str, float | int]:
-        """The scalar metrics (``per_sequence`` left out)."""
-        out = asdict(self)
-        out.pop("per_sequence")
-        return out
-
-
-def flatten_metrics(metrics: SpliceMetrics, prefix: str = "eval/") -> dict[str, Any]:
-    return {f"{prefix}{name}": value for name, value in metrics.to_dict().items()}
-
+from mxd_saelens.evaluation.forwards import (
+    BatchForwards,
+    excluded_token_ids,
+    loss_positions,
+    mlp_output_means,
+    output_and_codes,
+    position_mask,
+)
+from mxd_saelens.evaluation.metrics import SpliceMetrics, ratio, ratio_se, safe_div
+from mxd_saelens.evaluation.splice import SplicedLayer, hooks_of
 
 # --- standard errors -----------------------------------------------------------------------
-
-
-def ratio_se(num: np.ndarray, den: np.ndarray) -> float:
-    """Delta-method standard error of ``Σ num / Σ den`` over independent clusters (sequences),
-    from per-cluster sums ``num`` and ``den`` ([n]). NaN with fewer than two clusters."""
-    n = len(num)
-    if n < 2 or den.sum() == 0:
-        return math.nan
-    ratio = num.sum() / den.sum()
-    residual = (num - ratio * den) / den.mean()
-    return float(np.sqrt((residual**2).sum() / (n * (n - 1))))
-
-
-def _ratio(num: np.ndarray | float, den: np.ndarray | float) -> float:
-    num, den = float(np.sum(num)), float(np.sum(den))
-    return num / den if den else math.nan
-
-
-def _div(a: float, b: float) -> float:
-    return a / b if b else math.nan
 
 
 # --- positions -----------------------------------------------------------------------------
 
 
-def excluded_token_ids(
-    model: HookedRootModule, layer: nn.Module, exclude: bool | Sequence[int] | None = None
-) -> list[int]:
-    """Token ids whose positions the layer's activation metrics skip: ``exclude``, or else the
-    layer's ``cfg.metadata.exclude_special_tokens`` (``True``: the tokenizer's special tokens,
-    as SAELens resolves it; a list: those ids; falsy or absent: none)."""
-    if exclude is None:
-        exclude = getattr(_metadata(layer), "exclude_special_tokens", None)
-    if exclude is True:
-        tokenizer = getattr(model, "tokenizer", None)
-        return sorted(get_special_token_ids(tokenizer)) if tokenizer is not None else []
-    return sorted(int(i) for i in exclude) if exclude else []
-
-
-def _metadata(layer: nn.Module) -> Any:
-    # wrappers that rescale a layer (``.layer``) carry no config of their own
-    while getattr(layer, "cfg", None) is None and isinstance(
-        getattr(layer, "layer", None), nn.Module
-    ):
-        layer = layer.layer  # type: ignore[assignment]
-    return getattr(getattr(layer, "cfg", None), "metadata", None)
-
-
-def _loss_mask(model: HookedRootModule, tokens: Tensor) -> Tensor:
-    """``[batch, pos − 1]``: which next-token targets count. A pad target is not a prediction;
-    when pad is also BOS it marks a document start in packed sequences and counts."""
-    tokenizer = getattr(model, "tokenizer", None)
-    pad_id = getattr(tokenizer, "pad_token_id", None)
-    targets = tokens[:, 1:]
-    if pad_id is None or pad_id == getattr(tokenizer, "bos_token_id", None):
-        return torch.ones_like(targets, dtype=torch.bool)
-    return targets != pad_id
-
-
-def _position_mask(tokens: Tensor, excluded: list[int]) -> Tensor:
-    """``[batch, pos]``: the positions activation metrics count."""
-    if not excluded:
-        return torch.ones_like(tokens, dtype=torch.bool)
-    return ~torch.isin(tokens, torch.tensor(excluded, dtype=tokens.dtype, device=tokens.device))
-
-
 # --- forwards ------------------------------------------------------------------------------
-
-
-def _replace_with(value: Tensor | float):
-    def hook(acts: Tensor, hook: HookPoint) -> Tensor:
-        return torch.zeros_like(acts) + value
-
-    return hook
-
-
-def _start_block(model: HookedRootModule, hook_name: str) -> int | None:
-    """The block a forward replacing ``hook_name`` must start at (None: the full forward)."""
-    return layer_of(hook_name) if isinstance(model, HookedTransformer) else None
-
-
-@torch.no_grad()
-def mlp_output_means(
-    model: HookedRootModule, hook_outs: Iterable[str], tokens: Tensor, batch_size: int
-) -> dict[str, Tensor]:
-    """Mean of each output hook (``[d_out]``) over the non-special positions of ``tokens``;
-    BOS outputs are outliers that would pull the mean-ablation value away from typical ones."""
-    hook_outs = list(hook_outs)
-    blocks = [layer_of(h) for h in hook_outs]
-    stop = None if None in blocks else max(b for b in blocks if b is not None) + 1
-    ignore = torch.tensor(special_token_ids(model), dtype=tokens.dtype, device=tokens.device)
-    totals: dict[str, Tensor] = {}
-    count = 0
-    for batch in tokens.split(batch_size):
-        _, cache = model.run_with_cache(batch, names_filter=hook_outs, stop_at_layer=stop)
-        keep = ~torch.isin(batch, ignore)
-        for name in hook_outs:
-            total = cache[name][keep].double().sum(0)
-            if name in totals:
-                totals[name] += total  # in place: nothing new is kept per batch
-            else:
-                totals[name] = total
-        count += int(keep.sum())
-    return {name: (total / max(count, 1)).float() for name, total in totals.items()}
-
-
-class BatchForwards:
-    """The clean forward of one batch ``[batch, pos]``, and forwards that replace one hook's
-    activations, run only from that hook's block onward on the cached clean residual stream.
-
-    ``cache`` holds the clean activations of ``hook_names``.
-    """
-
-    def __init__(self, model: HookedRootModule, tokens: Tensor, hook_names: Iterable[str]):
-        hook_names = set(hook_names)
-        starts = {_start_block(model, h) for h in hook_names} - {None}
-        resid = {f"blocks.{b}.hook_resid_pre" for b in starts}
-        self.model, self.tokens = model, tokens
-        logits, self.cache = model.run_with_cache(tokens, names_filter=sorted(hook_names | resid))
-        self.clean_log_probs = _next_token_logits(logits).log_softmax(-1)  # [batch, pos − 1, vocab]
-        self.clean_probs = self.clean_log_probs.exp()
-        self.clean_ce = self.ce(logits)  # [batch, pos − 1]
-        self._tail_kwargs: dict[str, Any] = {}
-        if starts:
-            # the embedding step also yields what the blocks need besides the residual stream
-            _, _, pos_embed, attention_mask = model.input_to_embed(tokens)  # type: ignore[operator]
-            self._tail_kwargs = {
-                "shortformer_pos_embed": pos_embed,
-                "attention_mask": attention_mask,
-            }
-
-    def logits_with(self, hook_name: str, value: Tensor | float) -> Tensor:
-        """Logits ``[batch, pos, vocab]`` with ``hook_name``'s activations set to ``value``."""
-        hooks = [(hook_name, _replace_with(value))]
-        block = _start_block(self.model, hook_name)
-        if block is None:
-            return self.model.run_with_hooks(self.tokens, fwd_hooks=hooks)
-        resid = self.cache[f"blocks.{block}.hook_resid_pre"]
-        return self.model.run_with_hooks(
-            resid, start_at_layer=block, fwd_hooks=hooks, **self._tail_kwargs
-        )
-
-    def ce(self, logits: Tensor) -> Tensor:
-        """Next-token cross-entropy ``[batch, pos − 1]`` (logits ``[batch, pos, vocab]``), by
-        TransformerLens's own per-token loss."""
-        return lm_cross_entropy_loss(logits.float(), self.tokens, per_token=True)
-
-    def ce_and_kl(self, logits: Tensor) -> tuple[Tensor, Tensor]:
-        """Cross-entropy and KL(clean ‖ these logits), each ``[batch, pos − 1]``."""
-        log_probs = _next_token_logits(logits).log_softmax(-1)
-        kl = (self.clean_probs * (self.clean_log_probs - log_probs)).sum(-1)
-        return self.ce(logits), kl
-
-
-def _next_token_logits(logits: Tensor) -> Tensor:
-    return logits[:, :-1].float()
-
-
-def output_and_codes(layer: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None]:
-    """The layer's output (in ``x``'s dtype) and its dense codes (None without ``encode``),
-    from one run where the layer offers ``forward_with_activations``."""
-    both = getattr(layer, "forward_with_activations", None)
-    if both is not None:
-        out, codes = both(x)
-        out = out.to(x.dtype)
-    else:
-        encode = getattr(layer, "encode", None)
-        out, codes = run_layer(layer, x), (encode(x) if encode is not None else None)
-    forget_encoding(layer)  # else every evaluated layer keeps its last batch's codes
-    return out, codes
 
 
 # --- accumulation --------------------------------------------------------------------------
@@ -395,7 +194,7 @@ def _evaluate(
     for start in tqdm(starts, desc="Splice evaluation", unit="batch", disable=not progress):
         batch = tokens[start : start + batch_size]
         forwards = BatchForwards(model, batch, hook_names)
-        loss_mask = _loss_mask(model, batch).double()
+        loss_mask = loss_positions(model, batch).double()
         shared.add(
             start, n_tokens=loss_mask.sum(-1), ce_clean=_seq_sum(forwards.clean_ce, loss_mask)
         )
@@ -410,7 +209,7 @@ def _evaluate(
                 },
             )
         for name, item in spliced.items():
-            positions = _position_mask(batch, excluded[name])
+            positions = position_mask(batch, excluded[name])
             _layer_stats(forwards, item, loss_mask, positions, own[name], start)
         del forwards  # the batch's cache and clean distributions, before the next is built
 
@@ -457,20 +256,20 @@ def _reduce(
         },
     }
     return SpliceMetrics(
-        ce_clean=_ratio(clean, n),
-        ce_spliced=_ratio(spliced, n),
-        ce_zero_ablation=_ratio(zero, n),
-        ce_mean_ablation=_ratio(mean, n),
-        delta_ce=_ratio(spliced - clean, n),
+        ce_clean=ratio(clean, n),
+        ce_spliced=ratio(spliced, n),
+        ce_zero_ablation=ratio(zero, n),
+        ce_mean_ablation=ratio(mean, n),
+        delta_ce=ratio(spliced - clean, n),
         delta_ce_se=ratio_se(spliced - clean, n),
-        ce_recovered=_ratio(zero - spliced, zero - clean),
+        ce_recovered=ratio(zero - spliced, zero - clean),
         ce_recovered_se=ratio_se(zero - spliced, zero - clean),
-        kl=_ratio(kl, n),
+        kl=ratio(kl, n),
         kl_se=ratio_se(kl, n),
-        nmse=_ratio(seq["sq_error"], seq["target_sq"]),
+        nmse=ratio(seq["sq_error"], seq["target_sq"]),
         nmse_se=ratio_se(seq["sq_error"], seq["target_sq"]),
-        explained_variance=1.0 - _div(float(seq["sq_error"].sum()), float(total_var)),
-        l0=_ratio(seq["l0"], n_positions) if "l0" in seq else math.nan,
+        explained_variance=1.0 - safe_div(float(seq["sq_error"].sum()), float(total_var)),
+        l0=ratio(seq["l0"], n_positions) if "l0" in seq else math.nan,
         dead_fraction=float((rate == 0).double().mean()) if rate is not None else math.nan,
         dense_fraction=float((rate > dense_threshold).double().mean())
         if rate is not None
@@ -584,14 +383,14 @@ def compare(
     for metric, key, baseline in (("delta_ce", "ce_spliced", pa["ce_clean"]), ("kl", "kl", 0.0)):
         # per-sequence sums of the metric for each layer
         sa, sb = (pa[key] - baseline) * n, (pb[key] - baseline) * n
-        diff, diff_se = _ratio(sa - sb, n), ratio_se(sa - sb, n)
+        diff, diff_se = ratio(sa - sb, n), ratio_se(sa - sb, n)
         out |= {
-            f"{metric}_a": _ratio(sa, n),
-            f"{metric}_b": _ratio(sb, n),
+            f"{metric}_a": ratio(sa, n),
+            f"{metric}_b": ratio(sb, n),
             f"{metric}_diff": diff,
             f"{metric}_diff_se": diff_se,
-            f"{metric}_z": _div(diff, diff_se),
-            f"{metric}_ratio": _ratio(sa, sb),
+            f"{metric}_z": safe_div(diff, diff_se),
+            f"{metric}ratio": ratio(sa, sb),
             f"{metric}_ratio_se": ratio_se(sa, sb),
         }
     return out

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,35 @@ def stop_with_checkpoint(trainer: Any) -> None:
     trainer.save_checkpoint(checkpoint_name=name)
     base = trainer.cfg.checkpoint_path
     raise TrainingInterrupted(Path(base) / name if base is not None else None)
+
+
+@dataclass
+class Snapshots:
+    """Every layer saved (by ``save``, given the tokens trained on) once the run has trained on
+    each of ``tokens`` tokens; a resumed run skips those already passed."""
+
+    tokens: Sequence[int] = ()
+    save: Callable[[int], None] | None = None
+    due: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.due = sorted(self.tokens)
+
+    def take_due(self, n_training_samples: int) -> None:
+        if self.save is not None and any(t <= n_training_samples for t in self.due):
+            self.save(n_training_samples)
+        self.skip_to(n_training_samples)
+
+    def skip_to(self, n_training_samples: int) -> None:
+        self.due = [t for t in self.due if t > n_training_samples]
+
+
+def end_of_step(trainer: Any) -> None:
+    """After a step's checkpoint, for one trainer or a coordinator of several: the snapshots
+    now due, then a stop request, honoured on every rank when any of them was asked."""
+    trainer.snapshots.take_due(trainer.n_training_samples)
+    if trainer.distributed.any(trainer.stop_requested):
+        stop_with_checkpoint(trainer)
 
 
 class RunEndMixin:
@@ -121,9 +150,16 @@ class PairedSAETrainer(RunEndMixin, SAETrainer[Any, Any]):
 
     stop_requested: bool = False
 
-    def __init__(self, *args: Any, distributed: Distributed | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        distributed: Distributed | None = None,
+        snapshots: Snapshots | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.distributed = distributed or Distributed()
+        self.snapshots = snapshots or Snapshots()
         self._forward = (
             data_parallel(self.sae, self.distributed) if self.distributed.enabled else None
         )
@@ -143,11 +179,13 @@ class PairedSAETrainer(RunEndMixin, SAETrainer[Any, Any]):
         self.n_training_steps += 1
         try:
             super()._checkpoint_if_needed()
-            # every rank stops after the same step when any of them was asked to
-            if self.distributed.any(self.stop_requested):
-                stop_with_checkpoint(self)
+            end_of_step(self)
         finally:
             self.n_training_steps -= 1
+
+    def load_trainer_state(self, checkpoint_path: str | Path) -> None:
+        super().load_trainer_state(checkpoint_path)
+        self.snapshots.skip_to(self.n_training_samples)
 
     def save_checkpoint(self, checkpoint_name: str, *args: Any, **kwargs: Any) -> None:
         if self.distributed.is_main:  # the ranks hold the same state: one writes it

@@ -1,0 +1,2 @@
+"""Sharing trained layers on the Hugging Face hub: ``upload`` (staging and publishing) and
+``model_card``."""

@@ -25,9 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.common import write_result
 from mxd_saelens import zoo
 from mxd_saelens.data.tokens import token_sequences
-from mxd_saelens.evaluation.loss import evaluate_layers
+from mxd_saelens.evaluation.evaluate_and_report import evaluate_and_specialise
 from mxd_saelens.evaluation.report import format_comparisons, format_specialisation, format_table
-from mxd_saelens.evaluation.specialisation import add_specialisation, layer_specialisation
 
 
 def paired_names(
@@ -132,10 +131,10 @@ def main() -> None:
     if not layers:
         raise SystemExit(f"no trained layers under {', '.join(map(str, works))} (did it finish?)")
     started = time.perf_counter()
-    evaluation = evaluate_layers(model, layers, tokens, batch_size=opts.batch_size)
-    seconds = time.perf_counter() - started
-    if not opts.no_specialisation:
-        add_specialisation(evaluation.rows, layer_specialisation(model, layers))
+    evaluation, _ = evaluate_and_specialise(
+        model, layers, tokens, opts.batch_size, specialisation=not opts.no_specialisation
+    )
+    seconds = time.perf_counter() - started  # the splice and the specialisation
 
     pairs = paired_names(specs, opts.pairs, by_k=opts.pair_by_k)
     by_stage: dict[str, Any] = {}

@@ -15,12 +15,13 @@ import sys
 from pathlib import Path
 
 import torch
+from sae_lens import SAE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.common import write_result
-from benchmarks.grid import evaluate_split, specialise
 from mxd_saelens import zoo
 from mxd_saelens.data.tokens import token_sequences
+from mxd_saelens.evaluation.evaluate_and_report import evaluate_and_specialise
 from mxd_saelens.reading.probing.probe import compare_probes
 
 FIELDS = ("delta_ce", "delta_ce_se", "kl", "kl_se", "nmse", "l0", "dead_fraction")
@@ -41,8 +42,8 @@ def main() -> None:
     folders = {name: work / name for name in manifest["layers"]}
     heldout = token_sequences(model, zoo.load_corpus("heldout"), 128)
     validation = heldout[: heldout.shape[0] // 2]
-    evaluation = evaluate_split(model, folders, validation, chunk=3)
-    probes = specialise(model, folders)
+    layers = {name: SAE.load_from_disk(folder) for name, folder in folders.items()}
+    evaluation, probes = evaluate_and_specialise(model, layers, validation, chunk=3)
     rows = []
     for row in evaluation.rows:
         name = row["name"]

@@ -43,7 +43,8 @@ from benchmarks.common import write_result
 from mxd_saelens import zoo
 from mxd_saelens.data.tokens import token_sequences
 from mxd_saelens.demo import DemoOptions, layer_config, train_layers
-from mxd_saelens.evaluation.loss import Evaluation, evaluate_layers
+from mxd_saelens.evaluation.evaluate_and_report import evaluate_and_specialise
+from mxd_saelens.evaluation.loss import Evaluation
 from mxd_saelens.evaluation.specialisation import LayerSpecialisation, layer_specialisation
 from mxd_saelens.reading.probing.probe import compare_probes
 
@@ -111,29 +112,6 @@ def train(model: Any, opts: argparse.Namespace, recipes: dict[str, dict[str, Any
         print(f"training {len(configs)} candidates, {opts.tokens:,} tokens each")
         train_layers(model, configs)
     return time.perf_counter() - started
-
-
-def evaluate_split(
-    model: Any, folders: dict[str, Path], tokens: torch.Tensor, chunk: int
-) -> Evaluation:
-    """Every layer spliced on ``tokens``, a few layers at a time (each call shares its clean
-    forwards), merged into one evaluation: paired comparisons work across chunks because every
-    chunk sees the same tokens."""
-    rows, metrics = [], {}
-    names = list(folders)
-    for i in range(0, len(names), chunk):
-        layers = {name: SAE.load_from_disk(folders[name]) for name in names[i : i + chunk]}
-        part = evaluate_layers(model, layers, tokens, progress=False)
-        rows += part.rows
-        metrics |= part.metrics
-    return Evaluation(rows=rows, metrics=metrics)
-
-
-def specialise(model: Any, folders: dict[str, Path]) -> dict[str, LayerSpecialisation]:
-    found = {}
-    for name, folder in folders.items():
-        found |= layer_specialisation(model, {name: SAE.load_from_disk(folder)})
-    return found
 
 
 def select(
@@ -218,11 +196,14 @@ def measure(
     heldout = token_sequences(model, zoo.load_corpus("heldout"), 128)
     half = heldout.shape[0] // 2
     splits = {"validation": heldout[:half], "test": heldout[half:]}
+    layers = {name: SAE.load_from_disk(folder) for name, folder in folders.items()}
     evaluations = {
-        split: evaluate_split(model, folders, tokens, opts.eval_chunk)
+        split: evaluate_and_specialise(
+            model, layers, tokens, specialisation=False, chunk=opts.eval_chunk, progress=False
+        )[0]
         for split, tokens in splits.items()
     }
-    probes = specialise(model, folders)
+    probes = layer_specialisation(model, layers)
     rows = {}
     for name, recipe in recipes.items():
         per_split = {

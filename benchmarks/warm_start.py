@@ -30,9 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.common import write_result
 from mxd_saelens import zoo
 from mxd_saelens.data.tokens import token_sequences
-from mxd_saelens.evaluation.loss import Evaluation, evaluate_layers
+from mxd_saelens.evaluation.evaluate_and_report import evaluate_and_specialise
 from mxd_saelens.evaluation.report import format_comparisons, format_specialisation, format_table
-from mxd_saelens.evaluation.specialisation import add_specialisation, layer_specialisation
 from mxd_saelens.reading.probing import compare_probes
 
 PAPER, TRANSCODER, REFERENCE = "mxd-k32", "topk_transcoder-k32", "reference"
@@ -65,22 +64,6 @@ def load_runs(work_dirs: list[Path]) -> tuple[str, list[dict], dict, dict[int, d
     return models.pop(), runs, layers, dict(sorted(by_tokens.items()))
 
 
-def evaluate_in_chunks(
-    model: Any, layers: dict[str, Any], tokens: torch.Tensor, batch_size: int, chunk: int
-) -> Evaluation:
-    """``evaluate_layers`` on ``chunk`` layers at a time (its memory grows with the number of
-    layers), merged: every chunk sees the same tokens, so the comparisons stay paired."""
-    rows: list[dict[str, Any]] = []
-    metrics: dict[str, Any] = {}
-    names = list(layers)
-    for start in range(0, len(names), chunk):
-        part = {name: layers[name] for name in names[start : start + chunk]}
-        evaluation = evaluate_layers(model, part, tokens, batch_size=batch_size)
-        rows += evaluation.rows
-        metrics |= evaluation.metrics
-    return Evaluation(rows=rows, metrics=metrics)
-
-
 def evaluate_model(opts: argparse.Namespace) -> dict[str, Any]:
     model_name, runs, configs, by_tokens = load_runs([Path(w) for w in opts.work_dirs])
     model = zoo.load(model_name)
@@ -93,9 +76,9 @@ def evaluate_model(opts: argparse.Namespace) -> dict[str, Any]:
     reference = SAE.load_from_disk(opts.reference) if opts.reference else None
     if reference is not None:
         layers[REFERENCE] = reference
-    evaluation = evaluate_in_chunks(model, layers, tokens, opts.batch_size, opts.chunk)
-    found = layer_specialisation(model, layers, per_class=opts.per_class)
-    add_specialisation(evaluation.rows, found)
+    evaluation, found = evaluate_and_specialise(
+        model, layers, tokens, opts.batch_size, per_class=opts.per_class, chunk=opts.chunk
+    )
     rows_by_name = {row["name"]: row for row in evaluation.rows}
     result: dict[str, Any] = {"model": model_name, "training": runs, "layers": configs}
     if reference is not None:

@@ -22,16 +22,10 @@ from torch import nn
 from mxd_saelens import zoo
 from mxd_saelens.data.hooks import mlp_shape, resolve_mlp_hooks
 from mxd_saelens.data.tokens import token_sequences
-from mxd_saelens.evaluation.loss import Evaluation, evaluate_layers
-from mxd_saelens.evaluation.report import (
-    format_comparisons,
-    format_specialisation,
-    format_table,
-    peak_memory_line,
-    write_report,
-)
-from mxd_saelens.evaluation.specialisation import add_specialisation, layer_specialisation
+from mxd_saelens.evaluation.evaluate_and_report import evaluate_and_report
+from mxd_saelens.evaluation.loss import Evaluation
 from mxd_saelens.saes.params import matched_size
+from mxd_saelens.saes.traits import reads_mlp_shape
 from mxd_saelens.training.config import runner_config
 from mxd_saelens.training.runner import MultiPairedTrainingRunner
 
@@ -104,7 +98,7 @@ def matched_layer_fields(model: Any, architecture: str, k: int, expansion: int) 
     d = int(model.cfg.d_model)
     shape = mlp_shape(model)
     size = matched_size(architecture, d, d, shape["d_hidden"], shape["glu"], expansion * d)
-    return {**size, "k": k, **(shape if architecture == "mxd" else {})}
+    return {**size, "k": k, **(shape if reads_mlp_shape(architecture) else {})}
 
 
 def layer_config(
@@ -207,24 +201,20 @@ def run_demo(options: DemoOptions) -> Evaluation:
         model, zoo.load_corpus("heldout"), options.context_size, options.eval_sequences
     )
     print(f"evaluating on {heldout.numel():,} held-out tokens ({heldout.shape[0]} sequences)")
-    evaluation = evaluate_layers(model, loaded, heldout)
     if options.specialisation:
-        print("probing each layer's codes and measuring their usage on the bundled corpus")
-        add_specialisation(evaluation.rows, layer_specialisation(model, loaded))
-    comparisons = evaluation.comparisons()
-    print()
-    print(format_table(evaluation.rows))
-    if options.specialisation:
-        print()
-        print(format_specialisation(evaluation.rows))
-    print()
-    print(format_comparisons(comparisons))
+        print("then probing each layer's codes and measuring their usage on the bundled corpus")
+    report = evaluate_and_report(
+        model,
+        loaded,
+        heldout,
+        out_dir,
+        title=f"{options.model} layer {layer}",
+        specialisation=options.specialisation,
+    )
+    evaluation = report.evaluation
     if "mxd" in loaded:
+        print()
         for other in (name for name in loaded if name != "mxd"):
             print(headline(evaluation, "mxd", other))
-    json_path, html_path = write_report(
-        evaluation.rows, out_dir, title=f"{options.model} layer {layer}", comparisons=comparisons
-    )
-    print(f"\nwrote {json_path} and {html_path} ({time.perf_counter() - started:.0f} s in all)")
-    print(peak_memory_line())
+    print(f"({time.perf_counter() - started:.0f} s in all)")
     return evaluation

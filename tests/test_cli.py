@@ -13,7 +13,7 @@ from mxd_saelens.cli.main import COMMANDS, EvalOptions, main, parse_options, par
 from mxd_saelens.cli.research import ProbeOptions, SteerOptions
 from mxd_saelens.data.hooks import MLPHookMismatch
 from mxd_saelens.saes.params import matched_size
-from mxd_saelens.training.config_from_model import PAIRED_ARCHITECTURES
+from mxd_saelens.saes.traits import PAIRED_ARCHITECTURES
 from mxd_saelens.zoo import ZooFileError
 
 REPORTED = (

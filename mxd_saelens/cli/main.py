@@ -28,8 +28,8 @@ from mxd_saelens import zoo
 from mxd_saelens.cli.flag_help import GROUP_HELP, help_for
 from mxd_saelens.cli.parsing import CommandParser, UserError, parse_options
 from mxd_saelens.data.hooks import MLPHookMismatch, layer_of
+from mxd_saelens.saes.traits import PAIRED_ARCHITECTURES
 from mxd_saelens.training.config import fields_from_model
-from mxd_saelens.training.config_from_model import PAIRED_ARCHITECTURES
 from mxd_saelens.zoo import ZooFileError
 
 DEFAULT_MODEL = "tiny-gelu"
@@ -259,15 +259,7 @@ EVAL_DESCRIPTION = (
 def evaluate(args: Sequence[str]) -> None:
     from mxd_saelens.data.sources import load_model_of_layers
     from mxd_saelens.data.tokens import token_sequences
-    from mxd_saelens.evaluation.loss import evaluate_layers
-    from mxd_saelens.evaluation.report import (
-        format_comparisons,
-        format_specialisation,
-        format_table,
-        peak_memory_line,
-        write_report,
-    )
-    from mxd_saelens.evaluation.specialisation import add_specialisation, layer_specialisation
+    from mxd_saelens.evaluation.evaluate_and_report import evaluate_and_report
     from mxd_saelens.saes.loading import load_layer
 
     opts = parse_options(EvalOptions, args, "mxd-saelens eval", EVAL_DESCRIPTION)
@@ -279,25 +271,16 @@ def evaluate(args: Sequence[str]) -> None:
         raise UserError("the layers do not record their model; pass --model")
     model = load_model_of_layers(layers.values(), model_name, device=opts.device)
     tokens = token_sequences(model, opts.dataset_path, opts.context_size, opts.n_sequences)
-    result = evaluate_layers(model, layers, tokens.to(opts.device), batch_size=opts.batch_size)
-    if opts.specialisation:
-        add_specialisation(result.rows, layer_specialisation(model, layers))
-    comparisons = result.comparisons(opts.reference)
-    print(format_table(result.rows))
-    if opts.specialisation:
-        print()
-        print(format_specialisation(result.rows))
-    if comparisons:
-        print()
-        print(format_comparisons(comparisons))
-    json_path, html_path = write_report(
-        result.rows,
+    evaluate_and_report(
+        model,
+        layers,
+        tokens.to(opts.device),
         opts.out_dir,
         title=f"{model_name} splice evaluation",
-        comparisons=comparisons,
+        batch_size=opts.batch_size,
+        specialisation=opts.specialisation,
+        reference=opts.reference,
     )
-    print(f"wrote {json_path} and {html_path}")
-    print(peak_memory_line())
 
 
 CACHE_DESCRIPTION = (

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mxd_saelens.data.hooks import layer_of
+from mxd_saelens.data.hooks import layer_of, mlp_out_hook
 
 FORMAT = "mxd-saelens paired activations"
 FORMAT_VERSION = 1
@@ -215,7 +215,7 @@ def layer_wants(cfg: Any, hook_name_out: str | None = None) -> LayerWants:
             "reads blocks.L.… hooks (the cache holds blocks.L.ln2.hook_normalized → "
             "blocks.L.hook_mlp_out)."
         )
-    hook_out = hook_name_out or cfg.sae.metadata.hook_name_out or f"blocks.{block}.hook_mlp_out"
+    hook_out = hook_name_out or cfg.sae.metadata.hook_name_out or mlp_out_hook(block)
     d_out = getattr(cfg.sae, "d_out", None) or cfg.sae.d_in
     return LayerWants(
         model_name=cfg.model_name,

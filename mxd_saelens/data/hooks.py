@@ -51,9 +51,28 @@ def layer_of(hook_name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+# The hook names this package reads, spelled here only.
+def mlp_in_hook(layer: int, normalized: bool = True) -> str:
+    """Block L's MLP input: after its norm, or the residual stream for a block without one."""
+    return f"blocks.{layer}.ln2.hook_normalized" if normalized else f"blocks.{layer}.hook_resid_mid"
+
+
+def mlp_out_hook(layer: int) -> str:
+    return f"blocks.{layer}.hook_mlp_out"
+
+
+def mlp_post_hook(layer: int) -> str:
+    """Block L's MLP hidden units after the activation (its neurons)."""
+    return f"blocks.{layer}.mlp.hook_post"
+
+
+def resid_pre_hook(block: int) -> str:
+    return f"blocks.{block}.hook_resid_pre"
+
+
 def default_mlp_in(model: HookedRootModule, layer: int) -> str:
-    normalized = f"blocks.{layer}.ln2.hook_normalized"
-    return normalized if normalized in model.hook_dict else f"blocks.{layer}.hook_resid_mid"
+    normalized = mlp_in_hook(layer)
+    return normalized if normalized in model.hook_dict else mlp_in_hook(layer, normalized=False)
 
 
 def _check_hook(model: HookedRootModule, hook_name: str, role: str) -> None:
@@ -125,7 +144,7 @@ def resolve_mlp_hooks(
             )
     _check_layer(model, layer)
     hook_in = hook_in or default_mlp_in(model, layer)
-    hook_out = hook_out or f"blocks.{layer}.hook_mlp_out"
+    hook_out = hook_out or mlp_out_hook(layer)
     _check_hook(model, hook_in, "input")
     _check_hook(model, hook_out, "output")
     _check_same_block(hook_in, hook_out)
@@ -176,7 +195,7 @@ def check_mlp_pair(
         "If you mean to train on this pair anyway, pass check_mlp_hooks=False "
         "(PairedTrainingRunner / runner_config; --check_mlp_hooks False on the command line)."
     )
-    expected_out = f"blocks.{hooks.layer}.hook_mlp_out"
+    expected_out = mlp_out_hook(hooks.layer)
     blocks = getattr(model, "blocks", None)
     if hooks.hook_out != expected_out or blocks is None or not hasattr(blocks[hooks.layer], "mlp"):
         raise MLPHookMismatch(

@@ -13,7 +13,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookedRootModule, HookPoint
 from transformer_lens.utils import lm_cross_entropy_loss
 
-from mxd_saelens.data.hooks import layer_of
+from mxd_saelens.data.hooks import layer_of, resid_pre_hook
 from mxd_saelens.data.tokens import special_token_ids
 from mxd_saelens.evaluation.splice import run_layer
 from mxd_saelens.saes.common import forget_encoding
@@ -107,7 +107,7 @@ class BatchForwards:
     def __init__(self, model: HookedRootModule, tokens: Tensor, hook_names: Iterable[str]):
         hook_names = set(hook_names)
         starts = {start_block(model, h) for h in hook_names} - {None}
-        resid = {f"blocks.{b}.hook_resid_pre" for b in starts}
+        resid = {resid_pre_hook(b) for b in starts}
         self.model, self.tokens = model, tokens
         logits, self.cache = model.run_with_cache(tokens, names_filter=sorted(hook_names | resid))
         self.clean_log_probs = next_token_logits(logits).log_softmax(-1)  # [batch, pos − 1, vocab]
@@ -128,7 +128,7 @@ class BatchForwards:
         block = start_block(self.model, hook_name)
         if block is None:
             return self.model.run_with_hooks(self.tokens, fwd_hooks=hooks)
-        resid = self.cache[f"blocks.{block}.hook_resid_pre"]
+        resid = self.cache[resid_pre_hook(block)]
         return self.model.run_with_hooks(
             resid, start_at_layer=block, fwd_hooks=hooks, **self._tail_kwargs
         )

@@ -8,15 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mxd_saelens.saes.loading import OWN_ARCHITECTURES
+from mxd_saelens.saes.traits import ARCHITECTURES, OWN_ARCHITECTURES, reads_mlp_shape
 
-ARCHITECTURE_NAMES = {
-    "mxd": "Mixture of Decoders",
-    "topk_transcoder": "TopK transcoder",
-    "topk_skip_transcoder": "TopK skip transcoder",
-    "transcoder": "ReLU transcoder (SAELens's)",
-    "skip_transcoder": "ReLU skip transcoder (SAELens's)",
-}
+ARCHITECTURE_NAMES = {name: row.title for name, row in ARCHITECTURES.items()}
 
 
 @dataclass
@@ -47,7 +41,7 @@ def _number(value: Any, fmt: str) -> str:
 
 def _shape(item: PublishedLayer) -> str:
     cfg = item.cfg
-    if item.architecture == "mxd":
+    if reads_mlp_shape(item.architecture):
         glu = ", Swish-GLU" if cfg.get("glu") else ""
         return (
             f"{cfg['n_experts']:,} experts, k = {cfg['k']} active per token; hidden units "
@@ -60,7 +54,8 @@ def _shape(item: PublishedLayer) -> str:
 
 def _width(item: PublishedLayer) -> str:
     cfg = item.cfg
-    return f"{cfg['n_experts'] if item.architecture == 'mxd' else cfg['d_sae']:,}"
+    row = ARCHITECTURES.get(item.architecture)
+    return f"{cfg[row.size_field if row else 'd_sae']:,}"
 
 
 def _training_tokens(item: PublishedLayer) -> int | None:

@@ -14,6 +14,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from mxd_saelens.saes.params import parameter_count
+from mxd_saelens.saes.traits import OWN_ARCHITECTURES
 
 
 def load_layer(path: str | Path, device: str = "cpu") -> SAE[Any]:
@@ -42,9 +43,6 @@ def load_layer(path: str | Path, device: str = "cpu") -> SAE[Any]:
             f"{folder / SAE_WEIGHTS_FILENAME} is not a readable safetensors file ({error}); "
             "it may be truncated or corrupt."
         ) from error
-
-
-OWN_ARCHITECTURES = ("mxd", "topk_transcoder", "topk_skip_transcoder")
 
 
 def check_saved_config(saved: Any, path: Path) -> None:

@@ -45,12 +45,15 @@ def matched_size(
     (``E_glu``, ``b_glu``) is paid for with experts, and a skip transcoder's ``d_in × d_out``
     skip matrix with latents, each costing ``d_in + d_out + 1``.
     """
+    from mxd_saelens.saes.traits import ARCHITECTURES  # the table imports the architectures
+
+    row = ARCHITECTURES[architecture]
     per_unit = d_in + d_out + 1
-    if architecture == "mxd":
+    if row.reads_mlp_shape:  # experts beside the MLP's hidden units
         n_experts = matched_n_experts(d_in, d_out, d_hidden, d_sae)
         if glu:
             n_experts -= round((d_in * d_hidden + d_hidden) / per_unit)
-        return {"n_experts": n_experts}
-    if architecture in ("topk_skip_transcoder", "skip_transcoder"):
-        return {"d_sae": d_sae - round(d_in * d_out / per_unit)}
-    return {"d_sae": d_sae}
+        return {row.size_field: n_experts}
+    if row.skip_path:
+        return {row.size_field: d_sae - round(d_in * d_out / per_unit)}
+    return {row.size_field: d_sae}

@@ -7,24 +7,15 @@ from typing import Any
 
 from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
 
-from mxd_saelens import saes
+from mxd_saelens.saes.traits import ARCHITECTURES
 
-# name -> (module class, config class); SAELens already owns the inference side of
-# "transcoder" and "skip_transcoder", so only their training classes are added.
+# SAELens already owns the inference side of "transcoder" and "skip_transcoder", so only their
+# training classes are added
 INFERENCE_CLASSES: dict[str, tuple[type, type]] = {
-    "mxd": (saes.MxD, saes.MxDConfig),
-    "topk_transcoder": (saes.TopKTranscoder, saes.TopKTranscoderConfig),
-    "topk_skip_transcoder": (saes.TopKSkipTranscoder, saes.TopKSkipTranscoderConfig),
+    name: row.inference for name, row in ARCHITECTURES.items() if row.inference is not None
 }
 TRAINING_CLASSES: dict[str, tuple[type, type]] = {
-    "mxd": (saes.MxDTrainingSAE, saes.MxDTrainingSAEConfig),
-    "topk_transcoder": (saes.TopKTranscoderTrainingSAE, saes.TopKTranscoderTrainingSAEConfig),
-    "topk_skip_transcoder": (
-        saes.TopKSkipTranscoderTrainingSAE,
-        saes.TopKSkipTranscoderTrainingSAEConfig,
-    ),
-    "transcoder": (saes.TranscoderTrainingSAE, saes.TranscoderTrainingSAEConfig),
-    "skip_transcoder": (saes.SkipTranscoderTrainingSAE, saes.SkipTranscoderTrainingSAEConfig),
+    name: row.training for name, row in ARCHITECTURES.items()
 }
 
 

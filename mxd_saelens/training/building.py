@@ -18,7 +18,7 @@ from transformer_lens.hook_points import HookedRootModule
 
 from mxd_saelens.data.cache_format import PairedCache
 from mxd_saelens.data.cache_reader import CachedPairedActivations
-from mxd_saelens.data.hooks import MLPHooks
+from mxd_saelens.data.hooks import MLPHooks, mlp_out_hook
 from mxd_saelens.data.paired_store import (
     PairedActivationsStore,
     is_bundled_corpus,
@@ -110,7 +110,7 @@ def warm_start_from_model(
     init = getattr(sae.cfg, "init", "paper")
     if init == "paper":
         return
-    if hooks.hook_out != f"blocks.{hooks.layer}.hook_mlp_out":
+    if hooks.hook_out != mlp_out_hook(hooks.layer):
         raise ValueError(
             f"init={init!r} copies block {hooks.layer}'s MLP, but the layer's output hook is "
             f"{hooks.hook_out!r}, not that MLP's output; use init='paper' for this pair."

@@ -16,6 +16,8 @@ from typing import Any
 from sae_lens.config import LanguageModelSAERunnerConfig, LoggingConfig
 from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
 
+from mxd_saelens.data.hooks import mlp_in_hook, mlp_out_hook
+from mxd_saelens.saes.traits import MLP_SHAPE_FIELDS, reads_mlp_shape
 from mxd_saelens.training.config_from_model import check_paired, mlp_fields_of, model_config
 
 # fields that both the runner and the layer have: the value goes to both
@@ -38,10 +40,10 @@ def fields_from_model(
 ) -> dict[str, Any]:
     """What ``layer=`` fills in: read from the model's config unless every such field is given
     (so a fully specified config never touches the hub)."""
-    shape = {"d_hidden", "activation", "glu"} if architecture == "mxd" else set()
+    shape = set(MLP_SHAPE_FIELDS) if reads_mlp_shape(architecture) else set()
     block_hooks = {
-        "hook_name": f"blocks.{layer}.ln2.hook_normalized",
-        "hook_name_out": f"blocks.{layer}.hook_mlp_out",
+        "hook_name": mlp_in_hook(layer),
+        "hook_name_out": mlp_out_hook(layer),
     }
     if width is None and {"d_in", *shape} <= set(given):
         return block_hooks

@@ -11,16 +11,9 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from mxd_saelens.data.hooks import mlp_shape_of
+from mxd_saelens.data.hooks import mlp_in_hook, mlp_out_hook, mlp_shape_of
 from mxd_saelens.saes.params import matched_size
-
-PAIRED_ARCHITECTURES = (
-    "mxd",
-    "topk_transcoder",
-    "topk_skip_transcoder",
-    "transcoder",
-    "skip_transcoder",
-)
+from mxd_saelens.saes.traits import PAIRED_ARCHITECTURES, reads_mlp_shape
 
 
 def check_paired(architecture: str) -> str:
@@ -89,15 +82,13 @@ def mlp_fields_of(
     normalized = cfg.normalization_type is not None
     d = int(cfg.d_model)
     fields: dict[str, Any] = {
-        "hook_name": f"blocks.{layer}.ln2.hook_normalized"
-        if normalized
-        else f"blocks.{layer}.hook_resid_mid",
-        "hook_name_out": f"blocks.{layer}.hook_mlp_out",
+        "hook_name": mlp_in_hook(layer, normalized),
+        "hook_name_out": mlp_out_hook(layer),
         "d_in": d,
         "d_out": d,
     }
     shape = mlp_shape_of(cfg)
-    if architecture == "mxd":
+    if reads_mlp_shape(architecture):
         fields.update(shape)
     if match_transcoder_width is not None:
         if match_transcoder_width <= 0:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookedRootModule
 
-from mxd_saelens.data.hooks import layer_of
+from mxd_saelens.data.hooks import layer_of, mlp_post_hook
 from mxd_saelens.saes.common import forget_encoding
 
 
@@ -79,14 +79,14 @@ class NeuronCodes:
 
     @classmethod
     def of(cls, model: HookedRootModule, layer: int) -> NeuronCodes:
-        hook = f"blocks.{layer}.mlp.hook_post"
+        hook = mlp_post_hook(layer)
         if hook not in model.hook_dict:
             raise ValueError(f"the model has no hook {hook!r}: is layer {layer} an MLP block?")
         return cls(layer=layer, n_codes=int(model.cfg.d_mlp))  # type: ignore[attr-defined]
 
     @property
     def hook_name(self) -> str:
-        return f"blocks.{self.layer}.mlp.hook_post"
+        return mlp_post_hook(self.layer)
 
     @torch.no_grad()
     def codes(self, model: HookedRootModule, tokens: Tensor) -> Tensor:

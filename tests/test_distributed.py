@@ -18,8 +18,8 @@ import torch
 from safetensors.torch import load_file
 
 from mxd_saelens.cli.main import main
+from mxd_saelens.distributed import Distributed, check_distributed_config
 from mxd_saelens.training.config import runner_config
-from mxd_saelens.training.distributed import Distributed, check_distributed_config
 
 TRAIN = (
     "train --layer 2 --n_experts 64 --k 4 --train_batch_size_tokens 1024 --n_eval_batches 1 "
@@ -80,7 +80,7 @@ GRADIENTS = """
 import sys, torch
 from sae_lens.saes.sae import TrainStepInput
 import mxd_saelens as mxd
-from mxd_saelens.training.distributed import Distributed, data_parallel
+from mxd_saelens.distributed import Distributed, data_parallel
 
 def layer():  # random weights everywhere: the paper's init leaves most gradients at zero
     sae = mxd.MxDTrainingSAE(

@@ -46,8 +46,8 @@ from transformer_lens.hook_points import HookedRootModule
 
 from mxd_saelens.data.buffers import BackgroundRefill, Position, ShuffleBuffer, prefetch_depth
 from mxd_saelens.data.hooks import MLPHooks
+from mxd_saelens.distributed import Distributed, check_shardable
 from mxd_saelens.sae_lens_internals import input_token_device
-from mxd_saelens.training.distributed import Distributed, check_shardable
 
 PAIRED_STATE_FILENAME = "paired_activations_state.safetensors"
 MIN_SHUFFLE_TOKENS = 2**17

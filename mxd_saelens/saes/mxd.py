@@ -61,10 +61,10 @@ from mxd_saelens.saes.paired import (
     PairedTrainingFields,
     PairedTrainingSAE,
     SelectionBalanceFields,
+    check_init,
     dead_feature_aux_loss,
     paired_training_forward_pass,
 )
-from mxd_saelens.training.warm_start import check_init
 
 HIDDEN_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu,

@@ -30,6 +30,17 @@ LOSS_KINDS: tuple[str, ...] = ("normalized_mse", "mse")
 AUX_LOSS_NAME = "auxiliary_reconstruction_loss"  # the key SAELens's TopK SAEs log AuxK under
 
 
+# how a layer starts: the paper's cold start, or copies of the MLP it replaces
+# (mxd_saelens.training.warm_start)
+INITS = ("paper", "mlp_encoder", "mlp")
+
+
+def check_init(init: str) -> str:
+    if init not in INITS:
+        raise ValueError(f"init={init!r} is not an initialisation; choose one of {INITS}.")
+    return init
+
+
 @dataclass(kw_only=True)
 class PairedTrainingFields:
     """Training options shared by every paired architecture."""

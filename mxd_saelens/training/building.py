@@ -25,7 +25,7 @@ from mxd_saelens.data.paired_store import (
     store_notices_silenced,
 )
 from mxd_saelens.data.sources import load_language_model, paired_loading_options
-from mxd_saelens.training.distributed import Distributed
+from mxd_saelens.distributed import Distributed
 from mxd_saelens.training.warm_start import mlp_weights, warm_start_, warm_start_transcoder_
 
 

@@ -15,7 +15,7 @@ from sae_lens.saes.sae import TrainingSAE
 from sae_lens.training.multi_sae_trainer import MultiSAETrainer
 from torch import Tensor
 
-from mxd_saelens.training.distributed import Distributed
+from mxd_saelens.distributed import Distributed
 from mxd_saelens.training.trainer import (
     PairedSAETrainer,
     RunEndMixin,

@@ -58,6 +58,7 @@ from mxd_saelens.data.cache_reader import CachedPairedActivations
 from mxd_saelens.data.hooks import MLPHooks, resolve_mlp_hooks
 from mxd_saelens.data.paired_store import PairedActivationsStore, pair_columns
 from mxd_saelens.data.sources import load_dataset_source
+from mxd_saelens.distributed import Distributed, check_distributed_config
 from mxd_saelens.training.building import (
     PairSplitter,
     build_training_layer,
@@ -77,7 +78,6 @@ from mxd_saelens.training.checks import (
     checkpoint_loading,
     wants_hook_check,
 )
-from mxd_saelens.training.distributed import Distributed, check_distributed_config
 from mxd_saelens.training.eval_steps import ModelPaused, SpliceEvaluator
 from mxd_saelens.training.multi_trainer import MultiPairedTrainer
 from mxd_saelens.training.recording import (

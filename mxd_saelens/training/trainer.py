@@ -36,8 +36,8 @@ from sae_lens.saes.sae import TrainingSAE, TrainStepInput, TrainStepOutput
 from sae_lens.training.sae_trainer import SAETrainer
 from torch import Tensor
 
+from mxd_saelens.distributed import Distributed, data_parallel
 from mxd_saelens.saes.paired import balance_selection_bias
-from mxd_saelens.training.distributed import Distributed, data_parallel
 
 
 @contextmanager
@@ -146,7 +146,7 @@ def _loss_text(step_output: Any) -> str:
 class PairedSAETrainer(RunEndMixin, SAETrainer[Any, Any]):
     """``distributed``: this process's rank in a data-parallel run; each step's batch is this
     rank's share, gradients and firing counts are summed over ranks, and only rank 0 writes
-    checkpoints (see :mod:`mxd_saelens.training.distributed`)."""
+    checkpoints (see :mod:`mxd_saelens.distributed`)."""
 
     stop_requested: bool = False
 

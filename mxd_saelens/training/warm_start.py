@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookedRootModule
 
-INITS = ("paper", "mlp_encoder", "mlp")
+from mxd_saelens.saes.paired import check_init
 
 
 @dataclass
@@ -47,12 +47,6 @@ class MLPWeights:
     b_glu: Tensor | None  # [H]
     D: Tensor  # [H, d_out]
     b_out: Tensor  # [d_out], with a GatedMLP's post-product b_in folded in
-
-
-def check_init(init: str) -> str:
-    if init not in INITS:
-        raise ValueError(f"init={init!r} is not an initialisation; choose one of {INITS}.")
-    return init
 
 
 @torch.no_grad()

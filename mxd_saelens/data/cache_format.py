@@ -30,14 +30,16 @@ complete cache.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from transformer_lens.hook_points import HookedRootModule
 
-from mxd_saelens.data.hooks import layer_of, mlp_out_hook
+from mxd_saelens.data.hooks import MLPHooks, check_mlp_pair, layer_of, mlp_out_hook
 
 FORMAT = "mxd-saelens paired activations"
 FORMAT_VERSION = 1
@@ -300,3 +302,22 @@ def uses_cache(cfg: Any) -> bool:
     """Train from a paired cache: ``cached_activations_path`` set (SAELens fills it from its
     default path when only ``use_cached_activations`` is)."""
     return cfg.cached_activations_path is not None
+
+
+@torch.no_grad()
+def check_cached_pairs(
+    model: HookedRootModule, pairs: Sequence[MLPHooks], cache: PairedCache, n_rows: int = 256
+) -> None:
+    """:func:`check_hook_pairs` on a cache: every block's own MLP applied to cached inputs must
+    reproduce the cached outputs (to bfloat16's precision for a bfloat16 or autocast cache)."""
+    loose = cache.dtype == "bfloat16" or cache.manifest.get("autocast_lm", False)
+    for pair in pairs:
+        rows = as_tensor(cache.rows(pair.layer)[:n_rows], cache.dtype).float()
+        device = next(iter(model.parameters())).device
+        check_mlp_pair(
+            model,
+            pair,
+            rows[:, : pair.d_in].to(device),
+            rows[:, pair.d_in :].to(device),
+            rtol=5e-2 if loose else 1e-3,
+        )

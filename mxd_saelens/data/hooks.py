@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,3 +217,18 @@ def check_mlp_pair(
             "model.process_weights_(fold_ln=True) before training. " + opt_out
         )
     return error
+
+
+@torch.no_grad()
+def check_hook_pairs(
+    model: HookedRootModule, pairs: Sequence[MLPHooks], tokens: Tensor, autocast: bool = False
+) -> None:
+    """Run the model on ``tokens`` and check every pair against its block's own MLP."""
+    names = list(dict.fromkeys(n for p in pairs for n in (p.hook_in, p.hook_out)))
+    _, cache = model.run_with_cache(
+        tokens, names_filter=names, stop_at_layer=max(p.layer for p in pairs) + 1
+    )
+    for pair in pairs:
+        check_mlp_pair(
+            model, pair, cache[pair.hook_in], cache[pair.hook_out], rtol=5e-2 if autocast else 1e-3
+        )

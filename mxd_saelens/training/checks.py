@@ -4,7 +4,7 @@ checkpoint to resume from, the widths, and the model's own MLP against the hooks
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
@@ -14,11 +14,11 @@ import torch
 from sae_lens.config import LanguageModelSAERunnerConfig
 from sae_lens.constants import DTYPE_MAP, TRAINER_STATE_FILENAME
 from sae_lens.saes.sae import TrainingSAEConfig
-from torch import Tensor
 from transformer_lens.hook_points import HookedRootModule
 
-from mxd_saelens.data.cache_format import PairedCache, as_tensor, uses_cache
-from mxd_saelens.data.hooks import MLPHooks, check_mlp_pair
+from mxd_saelens.data.cache_format import PairedCache, open_cache_for, uses_cache
+from mxd_saelens.data.hooks import MLPHooks
+from mxd_saelens.distributed import Distributed, check_distributed_config
 
 SUPPORTED_NORMALIZATIONS = ("none", "expected_average_only_in")
 
@@ -127,6 +127,57 @@ def _check_device(field: str, device: str) -> None:
         raise ValueError(f"{field}={device!r}, but MPS is not available here; use 'cpu'.")
 
 
+def check_before_loading(
+    cfgs: Mapping[str, LanguageModelSAERunnerConfig[Any]],
+    hook_names_out: Mapping[str, str | None],
+    distributed: Distributed,
+) -> PairedCache | None:
+    """What a run refuses before the model loads, once the configs passed
+    :func:`check_layer_configs`: the cache (for another model, block, width or dtype), what data
+    parallelism needs, and the checkpoint folder to resume from. Returns the layers' cache, if
+    any."""
+    first = next(iter(cfgs.values()))
+    cache = open_layer_cache(cfgs, hook_names_out) if uses_cache(first) else None
+    check_distributed_config(first, distributed)
+    if first.resume_from_checkpoint is not None:
+        check_checkpoint_folder(first.resume_from_checkpoint)
+    return cache
+
+
+def open_layer_cache(
+    cfgs: Mapping[str, LanguageModelSAERunnerConfig[Any]], hook_names_out: Mapping[str, str | None]
+) -> PairedCache:
+    """The cache every layer reads its own block of, checked for each layer."""
+    cache = None
+    for name, cfg in cfgs.items():
+        try:
+            cache = open_cache_for(cfg, hook_names_out.get(name))
+        except ValueError as error:
+            if len(cfgs) == 1:
+                raise
+            raise type(error)(f"layer {name!r}: {error}") from None
+    assert cache is not None
+    return cache
+
+
+def check_against_model(
+    model: HookedRootModule,
+    cfgs: Mapping[str, LanguageModelSAERunnerConfig[Any]],
+    layer_hooks: Mapping[str, MLPHooks],
+) -> None:
+    """What the configs ask of the model, checked before any data is read: the context window
+    and each layer's widths against its hooks."""
+    first = next(iter(cfgs.values()))
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    if n_ctx is not None and first.context_size > n_ctx:
+        raise ValueError(
+            f"context_size={first.context_size} is longer than {first.model_name}'s context "
+            f"window (n_ctx={n_ctx}); set context_size to at most {n_ctx}."
+        )
+    for name, cfg in cfgs.items():
+        check_widths(cfg.sae, layer_hooks[name])
+
+
 def check_layer_configs(cfgs: Mapping[str, LanguageModelSAERunnerConfig[Any]]) -> None:
     """Each layer's config on its own, then what layers trained from one forward must share."""
     for name, cfg in cfgs.items():
@@ -155,16 +206,6 @@ def check_shared_fields(cfgs: Mapping[str, LanguageModelSAERunnerConfig[Any]]) -
                     f"{getattr(cfgs[name], f.name)!r} for {name!r}: make them equal, or train "
                     "the layers in separate runs."
                 )
-
-
-def check_against_model(model: HookedRootModule, cfg: LanguageModelSAERunnerConfig[Any]) -> None:
-    """What the config asks of the model, checked before any data is read."""
-    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
-    if n_ctx is not None and cfg.context_size > n_ctx:
-        raise ValueError(
-            f"context_size={cfg.context_size} is longer than {cfg.model_name}'s context window "
-            f"(n_ctx={n_ctx}); set context_size to at most {n_ctx}."
-        )
 
 
 def check_checkpoint_folder(path: str | Path) -> Path:
@@ -214,37 +255,3 @@ def wants_hook_check(cfg: LanguageModelSAERunnerConfig[Any], check: bool | None)
         return check
     recorded = getattr(cfg.sae.metadata, "check_mlp_hooks", None)  # unset metadata reads None
     return True if recorded is None else bool(recorded)
-
-
-@torch.no_grad()
-def check_hook_pairs(
-    model: HookedRootModule, pairs: Sequence[MLPHooks], tokens: Tensor, autocast: bool = False
-) -> None:
-    """Run the model on ``tokens`` and check every pair against its block's own MLP."""
-    names = list(dict.fromkeys(n for p in pairs for n in (p.hook_in, p.hook_out)))
-    _, cache = model.run_with_cache(
-        tokens, names_filter=names, stop_at_layer=max(p.layer for p in pairs) + 1
-    )
-    for pair in pairs:
-        check_mlp_pair(
-            model, pair, cache[pair.hook_in], cache[pair.hook_out], rtol=5e-2 if autocast else 1e-3
-        )
-
-
-@torch.no_grad()
-def check_cached_pairs(
-    model: HookedRootModule, pairs: Sequence[MLPHooks], cache: PairedCache, n_rows: int = 256
-) -> None:
-    """:func:`check_hook_pairs` on a cache: every block's own MLP applied to cached inputs must
-    reproduce the cached outputs (to bfloat16's precision for a bfloat16 or autocast cache)."""
-    loose = cache.dtype == "bfloat16" or cache.manifest.get("autocast_lm", False)
-    for pair in pairs:
-        rows = as_tensor(cache.rows(pair.layer)[:n_rows], cache.dtype).float()
-        device = next(iter(model.parameters())).device
-        check_mlp_pair(
-            model,
-            pair,
-            rows[:, : pair.d_in].to(device),
-            rows[:, pair.d_in :].to(device),
-            rtol=5e-2 if loose else 1e-3,
-        )

@@ -53,12 +53,15 @@ from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
 from sae_lens.saes.sae import TrainingSAE
 from transformer_lens.hook_points import HookedRootModule
 
-from mxd_saelens.data.cache_format import PairedCache, open_cache_for, uses_cache
+from mxd_saelens.data.cache_format import (
+    PairedCache,
+    check_cached_pairs,
+)
 from mxd_saelens.data.cache_reader import CachedPairedActivations
-from mxd_saelens.data.hooks import MLPHooks, resolve_mlp_hooks
+from mxd_saelens.data.hooks import MLPHooks, check_hook_pairs, resolve_mlp_hooks
 from mxd_saelens.data.paired_store import PairedActivationsStore, pair_columns
 from mxd_saelens.data.sources import load_dataset_source
-from mxd_saelens.distributed import Distributed, check_distributed_config
+from mxd_saelens.distributed import Distributed
 from mxd_saelens.training.building import (
     PairSplitter,
     build_training_layer,
@@ -70,11 +73,8 @@ from mxd_saelens.training.building import (
 )
 from mxd_saelens.training.checks import (
     check_against_model,
-    check_cached_pairs,
-    check_checkpoint_folder,
-    check_hook_pairs,
+    check_before_loading,
     check_layer_configs,
-    check_widths,
     checkpoint_loading,
     wants_hook_check,
 )
@@ -124,19 +124,15 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
         )
         outs = {ONE: hook_name_out} if self.single else dict(hook_names_out or {})
         self.cfg = next(iter(self.cfgs.values()))  # the shared data, checkpoints and logging
-        check_layer_configs(self.cfgs)
-        # a cache for another model, block, width or dtype is refused before the model loads
-        cache = _open_cache(self.cfgs, outs) if uses_cache(self.cfg) else None
+        check_layer_configs(self.cfgs)  # devices among them, before torch.distributed starts
         self.distributed = Distributed.from_environment(self.cfg.device)
-        check_distributed_config(self.cfg, self.distributed)
-        if self.cfg.resume_from_checkpoint is not None:
-            check_checkpoint_folder(self.cfg.resume_from_checkpoint)
+        cache = check_before_loading(self.cfgs, outs, self.distributed)
         torch.manual_seed(self.cfg.seed)
         self.model, self.model_loading = load_training_model(self.cfg, override_model)
-        check_against_model(self.model, self.cfg)
+        pairs = self._resolve_hooks(outs)
+        check_against_model(self.model, self.cfgs, self.layer_hooks)
         if override_dataset is None:
             override_dataset = load_dataset_source(self.cfg.dataset_path)
-        pairs = self._resolve_hooks(outs)
         eval_tokens = evaluation_tokens(self.model, self.cfg, override_dataset)
         self._check_hooks(check_mlp_hooks, cache, eval_tokens)
         self._compile_llm_if_needed()
@@ -159,8 +155,8 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
             self.hooks: MLPHooks = self.layer_hooks[ONE]
 
     def _resolve_hooks(self, outs: Mapping[str, str | None]) -> list[MLPHooks]:
-        """Each layer's hooks, checked against its widths, and the distinct hook pairs one
-        forward captures (each layer reads its pair's columns of the packed rows)."""
+        """Each layer's hooks, and the distinct hook pairs one forward captures (each layer
+        reads its pair's columns of the packed rows)."""
         self.layer_hooks = {
             name: resolve_mlp_hooks(
                 self.model,
@@ -169,8 +165,6 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
             )
             for name, c in self.cfgs.items()
         }
-        for name, c in self.cfgs.items():
-            check_widths(c.sae, self.layer_hooks[name])
         pairs = list(dict.fromkeys(self.layer_hooks.values()))
         columns = pair_columns(pairs)
         self.columns = {name: columns[pairs.index(h)] for name, h in self.layer_hooks.items()}
@@ -364,20 +358,6 @@ def _check_arguments(
         )
     if snapshot_tokens and snapshot_path is None:
         raise ValueError("snapshot_tokens needs a snapshot_path to save the snapshots to.")
-
-
-def _open_cache(cfgs: Mapping[str, RunnerConfig], outs: Mapping[str, str | None]) -> PairedCache:
-    """The cache every layer reads its own block of, checked for each layer."""
-    cache = None
-    for name, cfg in cfgs.items():
-        try:
-            cache = open_cache_for(cfg, outs.get(name))
-        except ValueError as error:
-            if len(cfgs) == 1:
-                raise
-            raise type(error)(f"layer {name!r}: {error}") from None
-    assert cache is not None
-    return cache
 
 
 def _quiet_unless(main: bool, cfg: SAETrainerConfig) -> SAETrainerConfig:

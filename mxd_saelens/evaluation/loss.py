@@ -390,7 +390,7 @@ def compare(
             f"{metric}_diff": diff,
             f"{metric}_diff_se": diff_se,
             f"{metric}_z": safe_div(diff, diff_se),
-            f"{metric}ratio": ratio(sa, sb),
+            f"{metric}_ratio": ratio(sa, sb),
             f"{metric}_ratio_se": ratio_se(sa, sb),
         }
     return out

@@ -16,6 +16,9 @@ last 20 %) and each start of ``--starts``:
   step (``balance_rate``, :class:`mxd_saelens.saes.paired.SelectionBalanceFields`);
 - ``mlp_encoder_balanced``: the encoder copied from the MLP, and balanced as above.
 
+On a gated MLP a transcoder has no copy of the MLP's hidden units, so the two encoder-copy
+starts are offered to the MxD alone there; the transcoders keep every other candidate.
+
 All candidates train in lockstep from one model pass over the bundled training split. The
 held-out split is cut into two disjoint halves of whole sequences: validation (the first) and
 test (the second). Each candidate is spliced into the model on both and its codes are probed
@@ -41,6 +44,7 @@ from sae_lens import SAE
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.common import write_result
 from mxd_saelens import zoo
+from mxd_saelens.data.hooks import mlp_shape
 from mxd_saelens.data.tokens import token_sequences
 from mxd_saelens.demo import DemoOptions, layer_config, train_layers
 from mxd_saelens.evaluation.evaluate_and_report import evaluate_and_specialise
@@ -52,12 +56,18 @@ STARTS = ("paper", "mlp_encoder", "balanced", "mlp_encoder_balanced")
 ROW_FIELDS = ("delta_ce", "delta_ce_se", "kl", "kl_se", "nmse", "l0", "dead_fraction")
 
 
-def candidates(opts: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """name → recipe: every architecture × k × start × learning rate."""
+def admits(architecture: str, start: str, gated_mlp: bool) -> bool:
+    """A transcoder latent is one ReLU unit: a gated MLP's hidden unit (the product of two
+    projections) has no transcoder copy, so the encoder-copy starts are the MxD's alone there."""
+    return not (gated_mlp and start.startswith("mlp_encoder") and architecture != "mxd")
+
+
+def candidates(opts: argparse.Namespace, gated_mlp: bool = False) -> dict[str, dict[str, Any]]:
+    """name → recipe: every architecture × k × start it admits × learning rate."""
     out = {}
     for architecture in opts.architectures:
         for k in opts.ks:
-            for start in opts.starts:
+            for start in (s for s in opts.starts if admits(architecture, s, gated_mlp)):
                 for lr in opts.lrs:
                     out[f"{architecture}-k{k}-{start}-lr{lr:g}"] = {
                         "architecture": architecture,
@@ -272,7 +282,7 @@ def main() -> None:
         recipes = stage2_recipes(stage1, opts.stage2_per_architecture)
         opts.balance_rate, opts.balance_mode = _stage1_balance(stage1)
     else:
-        recipes = candidates(opts)
+        recipes = candidates(opts, gated_mlp=bool(mlp_shape(model)["glu"]))
     train_seconds = train(model, opts, recipes)
     rows, evaluations, probes = measure(model, opts, recipes)
     selected = select(rows, opts.max_dead, opts.probe_margin)

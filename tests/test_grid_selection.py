@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.grid import merge_stage1, recipe_fields, select, stage2_recipes
+from benchmarks.grid import candidates, merge_stage1, recipe_fields, select, stage2_recipes
 
 
 def row(architecture: str, delta_ce: float, dead: float, probe_f1: float, k: int = 32) -> dict:
@@ -94,3 +94,20 @@ def test_merged_stage1_parts_are_selected_again_on_their_union():
     assert [part["command"] for part in merged["parts"]] == ["a", "b"]
     with pytest.raises(SystemExit, match="splits differs"):
         merge_stage1([old, {**new, "splits": {"validation": 5, "test": 3}}], 0.25, 0.03)
+
+
+def test_a_gated_mlp_offers_the_encoder_copy_to_the_mxd_alone():
+    from argparse import Namespace
+
+    opts = Namespace(
+        architectures=["mxd", "topk_transcoder"], ks=[64], lrs=[3e-3],
+        starts=["paper", "mlp_encoder", "mlp_encoder_balanced"],
+    )  # fmt: skip
+    gated = candidates(opts, gated_mlp=True)
+    assert sorted(gated) == [
+        "mxd-k64-mlp_encoder-lr0.003",
+        "mxd-k64-mlp_encoder_balanced-lr0.003",
+        "mxd-k64-paper-lr0.003",
+        "topk_transcoder-k64-paper-lr0.003",
+    ]
+    assert len(candidates(opts, gated_mlp=False)) == 6

@@ -125,10 +125,15 @@ def test_interrupted_and_resumed_multi_run_equals_the_straight_run(
         assert_same_weights(straight[name], resumed[name])
 
 
-def test_snapshots_are_the_layers_at_that_many_tokens(tiny_model, text_dataset, tmp_path):
+@pytest.mark.parametrize("one_config", [False, True])
+def test_snapshots_are_the_layers_at_that_many_tokens(
+    tiny_model, text_dataset, tmp_path, one_config
+):
     # one shuffle buffer size for both runs: 16 store batches of 256 tokens
-    MultiPairedTrainingRunner(
-        {"mxd": layer_cfg("mxd", tmp_path / "long", n_batches_in_buffer=16)},
+    long = layer_cfg("mxd", tmp_path / "long", n_batches_in_buffer=16)
+    # one runner for one config or several by name: snapshots for either
+    PairedTrainingRunner(
+        long if one_config else {"mxd": long},
         override_model=tiny_model,
         override_dataset=text_dataset,
         snapshot_tokens=[256 * 8],
@@ -140,7 +145,9 @@ def test_snapshots_are_the_layers_at_that_many_tokens(tiny_model, text_dataset, 
         override_model=tiny_model,
         override_dataset=text_dataset,
     ).run()
-    snapshot = SAE.load_from_disk(tmp_path / "snapshots" / str(256 * 8) / "mxd")
+    folder = tmp_path / "snapshots" / str(256 * 8) / ("layer" if one_config else "mxd")
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]
+    snapshot = SAE.load_from_disk(folder)
     final = SAE.load_from_disk(tmp_path / "long" / "mxd")
     for key, value in snapshot.state_dict().items():
         torch.testing.assert_close(trained.state_dict()[key], value, rtol=1e-5, atol=1e-6)

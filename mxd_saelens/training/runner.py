@@ -262,7 +262,6 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
         cfgs = {
             name: _quiet_unless(main, c.to_sae_trainer_config()) for name, c in self.cfgs.items()
         }
-        paused = ModelPaused(self.evaluator.many, self.activations_store)  # type: ignore[attr-defined]
         if self.single:
             trainer = PairedSAETrainer(
                 cfg=cfgs[ONE],
@@ -279,7 +278,7 @@ class PairedTrainingRunner(LanguageModelSAETrainingRunner):
             layer_cfgs=cfgs,
             saes=self.saes,
             data_provider=PairSplitter(self.activations_store, self.columns),
-            evaluator=paused,
+            evaluator=ModelPaused(self.evaluator.many, self.activations_store),  # type: ignore[attr-defined]
             save_checkpoint_fn=self._save_checkpoint_files,
             snapshots=self.snapshots,
             distributed=self.distributed,

@@ -1,5 +1,6 @@
-"""What a paired training run checks before it spends anything: the configs, the devices, a
-checkpoint to resume from, the widths, and the model's own MLP against the hooks."""
+"""What a paired training run refuses before it spends anything: the configs, the devices, a
+checkpoint to resume from, the cache, the context window and the widths (the hooks against the
+block's own MLP are checked in :mod:`mxd_saelens.data.hooks`)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from mxd_saelens.data.cache_reader import CachedPairedActivations
 from mxd_saelens.data.hooks import MLPHooks
 from mxd_saelens.data.paired_store import PairedActivationsStore
 from mxd_saelens.evaluation.loss import evaluate_layers
-from mxd_saelens.evaluation.metrics import flatten_metrics
+from mxd_saelens.evaluation.metrics import SpliceMetrics, flatten_metrics
 from mxd_saelens.evaluation.splice import SplicedLayer
 
 
@@ -49,7 +49,7 @@ class SpliceEvaluator:
     @torch.no_grad()
     def evaluate(
         self, saes: Mapping[str, nn.Module], scalers: Mapping[str, ActivationScaler]
-    ) -> dict[str, Any]:
+    ) -> dict[str, SpliceMetrics]:
         layers = {}
         for name, sae in saes.items():
             scale = scalers[name].scaling_factor if name in scalers else None
@@ -58,18 +58,13 @@ class SpliceEvaluator:
         evaluation = evaluate_layers(
             self.model, layers, self.tokens, batch_size=self.batch_size, progress=False
         )
-        if len(saes) == 1 and set(saes) == set(self.hooks):
-            return flatten_metrics(next(iter(evaluation.metrics.values())))
-        out: dict[str, Any] = {}
-        for name, metrics in evaluation.metrics.items():
-            out.update(flatten_metrics(metrics, prefix=f"{name}/eval/"))
-        return out
+        return evaluation.metrics
 
     def one(
         self, sae: nn.Module, data_provider: Any, activation_scaler: ActivationScaler
     ) -> dict[str, Any]:
         (name,) = self.hooks
-        return self.evaluate({name: sae}, {name: activation_scaler})
+        return flatten_metrics(self.evaluate({name: sae}, {name: activation_scaler})[name])
 
     def many(
         self,
@@ -78,7 +73,10 @@ class SpliceEvaluator:
         activation_scalers: Mapping[str, ActivationScaler] | None = None,
         hook_names: Any = None,
     ) -> dict[str, Any]:
-        return self.evaluate(saes, activation_scalers or {})
+        out: dict[str, Any] = {}
+        for name, metrics in self.evaluate(saes, activation_scalers or {}).items():
+            out.update(flatten_metrics(metrics, prefix=f"{name}/eval/"))
+        return out
 
 
 @dataclass

@@ -88,9 +88,10 @@ class Snapshots:
         self.due = sorted(self.tokens)
 
     def take_due(self, n_training_samples: int) -> None:
-        if self.save is not None and any(t <= n_training_samples for t in self.due):
-            self.save(n_training_samples)
-        self.skip_to(n_training_samples)
+        if self.due and self.due[0] <= n_training_samples:  # sorted: the first is the next
+            if self.save is not None:
+                self.save(n_training_samples)
+            self.skip_to(n_training_samples)
 
     def skip_to(self, n_training_samples: int) -> None:
         self.due = [t for t in self.due if t > n_training_samples]

@@ -9,6 +9,7 @@ machine; the test suite runs the notebooks without either.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import tempfile
@@ -35,9 +36,21 @@ def run(path: Path) -> None:
     print(f"{path.name}: {time.perf_counter() - started:.0f} s")
 
 
+def needs_circuits(path: Path) -> bool:
+    """A notebook that runs in the circuits environment (circuit-tracer) says so in its metadata."""
+    metadata = nbformat.read(path, as_version=4).metadata.get("mxd_saelens", {})
+    return metadata.get("environment") == "circuits"
+
+
 def main() -> None:
     paths = [Path(p) for p in sys.argv[1:]] or sorted(EXAMPLES.glob("*.ipynb"))
+    has_circuits = importlib.util.find_spec("circuit_tracer") is not None
     for path in paths:
+        if needs_circuits(path) and not has_circuits:
+            print(
+                f"{path.name}: skipped, it runs in the circuits environment (make notebooks runs it)"
+            )
+            continue
         run(path)
 
 

@@ -135,6 +135,10 @@ def test_top_activating_contexts(tiny_model, layers, codes, heldout_tokens):
         )
     table = contexts_figure(contexts)
     assert list(table.data[0].cells.values[0]) == [f"{c.activation:.3f}" for c in contexts]
+    labels = [f"text {i}" for i in range(len(heldout_tokens))]
+    labelled = contexts_figure(contexts, sequence_labels=labels).data[0]
+    assert labelled.header.values[1] == "label"
+    assert list(labelled.cells.values[1]) == [f"text {c.sequence}" for c in contexts]
     # neurons work as a code source too
     neurons = NeuronCodes.of(tiny_model, LAYER)
     assert len(top_activating_contexts(tiny_model, neurons, 0, heldout_tokens, k=3)) == 3

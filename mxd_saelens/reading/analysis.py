@@ -281,19 +281,28 @@ def top_activating_contexts(
     return contexts
 
 
-def contexts_figure(contexts: Sequence[ActivatingContext], title: str = "") -> go.Figure:
-    """A table of contexts: activation, the text before, the token (in brackets), after."""
+def contexts_figure(
+    contexts: Sequence[ActivatingContext],
+    title: str = "",
+    sequence_labels: Sequence[str] | None = None,
+) -> go.Figure:
+    """A table of contexts: activation, the text before, the token (in brackets), after; with
+    ``sequence_labels`` (one per sequence of the tokens searched), each context's label too."""
+    header = ["activation", "context [token]"]
+    values = [
+        [f"{c.activation:.3f}" for c in contexts],
+        [f"{c.before}[{c.token}]{c.after}" for c in contexts],
+    ]
+    widths = [1, 6]
+    if sequence_labels is not None:
+        header.insert(1, "label")
+        values.insert(1, [sequence_labels[c.sequence] for c in contexts])
+        widths.insert(1, 1)
     figure = go.Figure(
         go.Table(
-            columnwidth=[1, 6],
-            header={"values": ["activation", "context [token]"], "align": "left"},
-            cells={
-                "values": [
-                    [f"{c.activation:.3f}" for c in contexts],
-                    [f"{c.before}[{c.token}]{c.after}" for c in contexts],
-                ],
-                "align": "left",
-            },
+            columnwidth=widths,
+            header={"values": header, "align": "left"},
+            cells={"values": values, "align": "left"},
         )
     )
     figure.update_layout(title=title or "Top-activating contexts", template="plotly_white")

@@ -62,6 +62,20 @@ def _weights(name: str, root: Path) -> dict[str, torch.Tensor]:
         raise ZooFileError(path, f"corrupt weights file ({e})", train_model_cmd(name)) from e
 
 
+def _with_own_placeholders(
+    model: HookedTransformer, state: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """TransformerLens ≥ 3.5 saves the causal masks (``blocks.L.attn.mask``) as empty
+    placeholders that it rebuilds on load; older releases (the ones circuit-tracer resolves to)
+    expect the full buffer. The mask is a function of the config alone, so an empty one takes
+    the model's own."""
+    own = model.state_dict()
+    return {
+        key: own[key] if key.endswith("attn.mask") and value.numel() == 0 and key in own else value
+        for key, value in state.items()
+    }
+
+
 def load(
     name: str = "tiny-gelu",
     device: str = "cpu",
@@ -87,7 +101,7 @@ def load(
         model = cls(cfg, tokenizer=tok, move_to_device=False)
     path = root / name / "model.safetensors"
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(_with_own_placeholders(model, state), strict=True)
     except RuntimeError as e:
         raise ZooFileError(
             path, f"weights do not match config.json ({e})", train_model_cmd(name)

@@ -121,35 +121,12 @@ class PairedCache:
     def open(cls, path: str | Path) -> PairedCache:
         """Open a cache folder, or say in one line why it is not a complete paired cache."""
         folder = Path(path)
-        make = "make one with `mxd-saelens cache` (mxd_saelens.data.cache_writer.cache_paired_activations)"
         if not folder.is_dir():
             raise FileNotFoundError(
                 f"cached_activations_path={str(path)!r} is not a folder: there is no activation "
-                f"cache there; {make}."
+                f"cache there; {_MAKE_ONE}."
             )
-        manifest_path = folder / MANIFEST_FILENAME
-        if not manifest_path.exists():
-            if any((folder / name).exists() for name in _SAELENS_CACHE_FILES):
-                raise ValueError(
-                    f"{folder} is a SAELens activation cache (CacheActivationsRunner), which "
-                    "holds a single hook; paired training needs each token's MLP input and "
-                    f"output from one forward: {make}."
-                )
-            raise FileNotFoundError(
-                f"{folder} holds no {MANIFEST_FILENAME}: it is not a paired activation cache, "
-                f"or an incomplete copy of one; {make}."
-            )
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{manifest_path} is not valid JSON ({error}).") from None
-        if manifest.get("format") != FORMAT:
-            raise ValueError(f"{manifest_path} does not describe a paired activation cache.")
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{folder} is a paired cache of format version {manifest.get('format_version')}; "
-                f"this package reads version {FORMAT_VERSION}: cache again."
-            )
+        manifest = _read_manifest(folder)
         blocks = {
             int(b["block"]): CachedBlock(
                 block=int(b["block"]),
@@ -162,22 +139,60 @@ class PairedCache:
             for b in manifest["blocks"]
         }
         cache = cls(path=folder, manifest=manifest, blocks=blocks)
-        itemsize = np.dtype(DTYPES[cache.dtype][0]).itemsize
-        for block, entry in blocks.items():
-            file = folder / block_filename(block)
-            expected = cache.n_tokens * entry.width * itemsize
-            size = file.stat().st_size if file.exists() else None
-            if size != expected:
-                found = "is missing" if size is None else f"has {size} bytes"
-                raise ValueError(
-                    f"{file} {found}, but the manifest describes {expected} bytes "
-                    f"({cache.n_tokens} tokens × {entry.width} {cache.dtype} values): the cache "
-                    f"is incomplete or damaged; {make}."
-                )
+        _check_block_files(cache)
         return cache
 
 
 PRECISION = {"bfloat16": 0, "float32": 1, "torch.float32": 1, "float64": 2, "torch.float64": 2}
+
+
+_MAKE_ONE = (
+    "make one with `mxd-saelens cache` (mxd_saelens.data.cache_writer.cache_paired_activations)"
+)
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    """The folder's manifest, checked to describe a paired cache of this format version."""
+    manifest_path = folder / MANIFEST_FILENAME
+    if not manifest_path.exists():
+        if any((folder / name).exists() for name in _SAELENS_CACHE_FILES):
+            raise ValueError(
+                f"{folder} is a SAELens activation cache (CacheActivationsRunner), which "
+                "holds a single hook; paired training needs each token's MLP input and "
+                f"output from one forward: {_MAKE_ONE}."
+            )
+        raise FileNotFoundError(
+            f"{folder} holds no {MANIFEST_FILENAME}: it is not a paired activation cache, "
+            f"or an incomplete copy of one; {_MAKE_ONE}."
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{manifest_path} is not valid JSON ({error}).") from None
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{manifest_path} does not describe a paired activation cache.")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{folder} is a paired cache of format version {manifest.get('format_version')}; "
+            f"this package reads version {FORMAT_VERSION}: cache again."
+        )
+    return manifest
+
+
+def _check_block_files(cache: PairedCache) -> None:
+    """Every block's file holds exactly the bytes its manifest entry describes."""
+    itemsize = np.dtype(DTYPES[cache.dtype][0]).itemsize
+    for block, entry in cache.blocks.items():
+        file = cache.path / block_filename(block)
+        expected = cache.n_tokens * entry.width * itemsize
+        size = file.stat().st_size if file.exists() else None
+        if size != expected:
+            found = "is missing" if size is None else f"has {size} bytes"
+            raise ValueError(
+                f"{file} {found}, but the manifest describes {expected} bytes "
+                f"({cache.n_tokens} tokens × {entry.width} {cache.dtype} values): the cache "
+                f"is incomplete or damaged; {_MAKE_ONE}."
+            )
 
 
 def readable_as(stored: str, layer_dtype: str) -> bool:
@@ -240,6 +255,19 @@ def check_cache_for_layer(cache: PairedCache, cfg: Any, wants: LayerWants) -> No
             f"model_name={wants.model_name!r}: cache {wants.model_name!r} (mxd-saelens cache "
             f"--model_name {wants.model_name}), or set model_name={cache.model_name!r}."
         )
+    _check_block_entry(cache, wants, where)
+    if not readable_as(cache.dtype, wants.dtype):
+        raise CacheMismatch(
+            f"{where} stores {cache.dtype}, but the config has dtype={wants.dtype!r}, which "
+            f"would discard the precision the cache was written with: set "
+            f"dtype={cache.dtype!r} (--dtype {cache.dtype}) to train from it, or cache again "
+            f"with --dtype {wants.dtype}."
+        )
+    _check_data_settings(cache, cfg, where)
+
+
+def _check_block_entry(cache: PairedCache, wants: LayerWants, where: str) -> None:
+    """The cache holds the layer's block, with its hooks and widths."""
     if wants.block not in cache.blocks:
         raise CacheMismatch(
             f"{where} holds blocks {sorted(cache.blocks)}, not block {wants.block} that "
@@ -263,13 +291,10 @@ def check_cache_for_layer(cache: PairedCache, cfg: Any, wants: LayerWants) -> No
             f"but the layer maps d_in={wants.d_in} → d_out={wants.d_out}: set "
             f"d_in={entry.d_in} and d_out={entry.d_out}."
         )
-    if not readable_as(cache.dtype, wants.dtype):
-        raise CacheMismatch(
-            f"{where} stores {cache.dtype}, but the config has dtype={wants.dtype!r}, which "
-            f"would discard the precision the cache was written with: set "
-            f"dtype={cache.dtype!r} (--dtype {cache.dtype}) to train from it, or cache again "
-            f"with --dtype {wants.dtype}."
-        )
+
+
+def _check_data_settings(cache: PairedCache, cfg: Any, where: str) -> None:
+    """The cache was made from the config's dataset with its data settings."""
     cached_dataset = cache.manifest["dataset"]["path"]
     if cfg.dataset_path and cfg.dataset_path != cached_dataset:
         raise CacheMismatch(

@@ -170,3 +170,29 @@ def test_html_report_holds_the_plotted_points(tmp_path: Path):
         "mxd (1,000 params)": [(8.0, 0.05), (16.0, 0.03)],
         "topk_transcoder (1,010 params)": [(8.0, 0.09), (16.0, 0.06)],
     }
+    assert html.count("Plotly.newPlot(") == 1  # no probe F1: no readability panel
+
+
+def test_html_report_plots_probe_f1_against_delta_ce(tmp_path: Path):
+    rows = [
+        {
+            "name": name,
+            "architecture": name,
+            "parameters": 1000,
+            "l0": 32.0,
+            "delta_ce": d,
+            "delta_ce_se": 0.001,
+            "probe_f1": f1,
+            "probe_f1_se": 0.01,
+            "nmse": 0.1,
+            "ce_recovered": 0.9,
+            "kl": 0.01,
+        }
+        for name, d, f1 in [("mxd", 0.002, 0.91), ("topk_transcoder", 0.009, 0.93)]
+    ]
+    html = write_report(rows, tmp_path)[1].read_text()
+    calls = list(re.finditer(r'Plotly\.newPlot\(\s*"[^"]+",\s*(\[.*?\]),\s*\{', html, re.S))
+    assert len(calls) == 2
+    panel = json.loads(calls[1].group(1))
+    points = {t["name"]: (t["x"][0], t["y"][0], t["error_y"]["array"][0]) for t in panel}
+    assert points == {"mxd": (0.002, 0.91, 0.01), "topk_transcoder": (0.009, 0.93, 0.01)}

@@ -178,6 +178,35 @@ def frontier_figure(rows: Sequence[Row], title: str = "Sparsity–accuracy front
     return figure
 
 
+def readability_figure(rows: Sequence[Row], title: str = "Faithful and readable") -> go.Figure:
+    """Probe F1 against ΔCE, each with ± 1 SE error bars, one point per layer (rows that carry
+    ``probe_f1``): a layer is better the further up and left it sits. ΔCE starts at 0."""
+    probed = [r for r in rows if "probe_f1" in r]
+    figure = go.Figure()
+    for row in probed:
+        figure.add_trace(
+            go.Scatter(
+                x=[row["delta_ce"]],
+                y=[row["probe_f1"]],
+                error_x={"type": "data", "array": [_finite(row, "delta_ce_se", 0.0)]},
+                error_y={"type": "data", "array": [_finite(row, "probe_f1_se", 0.0)]},
+                mode="markers+text",
+                text=[row.get("name", row["architecture"])],
+                textposition="top right",
+                name=row.get("name", row["architecture"]),
+            )
+        )
+    right = max([_finite(r, "delta_ce", 0.0) + _finite(r, "delta_ce_se", 0.0) for r in probed])
+    figure.update_xaxes(range=[0, 1.15 * right if right > 0 else 1.0])
+    figure.update_layout(
+        title=title,
+        xaxis_title="ΔCE: spliced − clean, nats/token (lower is better)",
+        yaxis_title="sparse-probe F1 of the best single code (higher is better)",
+        template="plotly_white",
+    )
+    return figure
+
+
 def _reference_lines(figure: go.Figure, rows: Sequence[Row]) -> None:
     """The clean model at ΔCE = 0, and the zero-ablated MLP: drawn when it is at most a few
     times the highest point, otherwise written as a note so that the points keep the plot."""
@@ -261,8 +290,8 @@ def write_report(
 ) -> tuple[Path, Path]:
     """Write ``results.json`` (``{"rows": [...], "comparisons": [...], "environment": {...}}``,
     the environment from :func:`software_environment`, non-finite numbers as null) and
-    ``report.html`` (the frontier figure, plotly.js embedded so it opens offline,
-    then the tables)."""
+    ``report.html`` (the frontier figure, plotly.js embedded so it opens offline; when the rows
+    carry probe F1, a second panel of probe F1 against ΔCE; then the tables)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "results.json"
@@ -286,6 +315,9 @@ def write_report(
             f"<pre>{_escape(format_comparisons(comparisons))}</pre>",
         ]
     html = figure.to_html(full_html=False, include_plotlyjs=True)
+    if has_specialisation(rows):
+        panel = readability_figure(rows, title=f"{title}: probe F1 against ΔCE")
+        html += panel.to_html(full_html=False, include_plotlyjs=False)
     html_path.write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
         f"<body><h1>{title}</h1>{html}{''.join(sections)}</body></html>",

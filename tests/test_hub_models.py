@@ -13,6 +13,7 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 import torch
+import transformers.utils.hub as transformers_hub
 from transformer_lens import HookedTransformer
 
 from mxd_saelens import runner_config
@@ -59,6 +60,10 @@ def offline_hub(hub_world: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HF_HUB_CACHE", str(hub_world / "hub"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub_world / "hub"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    # transformers < 5 (the circuits environment's) keeps its own copies, also read at import
+    for name, value in (("TRANSFORMERS_CACHE", str(hub_world / "hub")), ("_is_offline_mode", True)):
+        if hasattr(transformers_hub, name):
+            monkeypatch.setattr(transformers_hub, name, value)
     return hub_world
 
 

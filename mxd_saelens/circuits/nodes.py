@@ -14,6 +14,7 @@ core takes as given (one scaled decoder vector per active node).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -28,7 +29,6 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
         "-e '.[circuits]'); the README says which versions go together."
     ) from error
 
-from mxd_saelens.saes.mxd import HIDDEN_ACTIVATIONS
 
 TRANSCODERS = ("topk_transcoder", "topk_skip_transcoder")
 
@@ -105,29 +105,17 @@ class MxDExpertNodes(SingleLayerTranscoder):
             dtype=torch.float32,
         )
         del self.W_dec  # an expert has no fixed decoder vector
-        self.hidden_activation = HIDDEN_ACTIVATIONS[cfg.activation]
+        # the MxD itself computes z and Dᵀz; a copy, since circuit-tracer moves its nodes'
+        # parameters to the model's device and dtype in place
+        self.mxd = copy.deepcopy(layer).float().requires_grad_(False)
         with torch.no_grad():
             self.W_enc = _parameter(layer.W_gate.T)  # [N, I]: expert n's gate direction
             self.b_enc = _parameter(layer.b_gate)
             self.b_dec = _parameter(layer.b_dec)
-            self.W_hidden = _parameter(layer.W_enc)  # E, [I, H]
-            self.b_hidden = _parameter(layer.b_enc)
-            glu = layer.W_glu is not None
-            self.W_glu = _parameter(layer.W_glu) if glu else None
-            self.b_glu = _parameter(layer.b_glu) if glu else None
-            self.W_experts = _parameter(layer.W_experts)  # C, [N, O]
-            self.W_mix = _parameter(layer.W_dec)  # D, [H, O]
-
-    def hidden(self, input_acts: Tensor) -> Tensor:  # [n_pos, I] -> [n_pos, H]
-        x = input_acts.to(self.W_hidden.dtype)
-        z = self.hidden_activation(x @ self.W_hidden + self.b_hidden)
-        if self.W_glu is not None and self.b_glu is not None:
-            z = z * (x @ self.W_glu + self.b_glu)
-        return z
 
     def _shared_output(self, input_acts: Tensor) -> Tensor:
         """Dᵀz at every token, [n_pos, O]: what each expert scales elementwise by its c_n."""
-        return self.hidden(input_acts) @ self.W_mix
+        return self.mxd.hidden(input_acts.to(self.mxd.W_dec.dtype)) @ self.mxd.W_dec
 
     def decode(self, acts: Tensor, input_acts: Tensor | None = None) -> Tensor:
         if input_acts is None:
@@ -135,7 +123,7 @@ class MxDExpertNodes(SingleLayerTranscoder):
                 "an MxD expert's output depends on the token's hidden units: decode(acts, "
                 "input_acts) needs the MLP's input."
             )
-        return (acts @ self.W_experts) * self._shared_output(input_acts) + self.b_dec
+        return (acts @ self.mxd.W_experts) * self._shared_output(input_acts) + self.b_dec
 
     def decode_sparse(
         self, sparse_acts: Tensor, input_acts: Tensor | None = None
@@ -145,7 +133,7 @@ class MxDExpertNodes(SingleLayerTranscoder):
             raise ValueError("decode_sparse of an MxD needs the MLP's input (input_acts).")
         positions, experts = sparse_acts.indices()
         shared = self._shared_output(input_acts)  # [n_pos, O]
-        scaled = sparse_acts.values()[:, None] * self.W_experts[experts] * shared[positions]
+        scaled = sparse_acts.values()[:, None] * self.mxd.W_experts[experts] * shared[positions]
         out = torch.zeros(
             sparse_acts.shape[0], self.d_model, dtype=scaled.dtype, device=scaled.device
         )

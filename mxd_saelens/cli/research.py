@@ -121,7 +121,6 @@ STEER_DESCRIPTION = (
 
 
 def probe(args: Sequence[str]) -> None:
-    from mxd_saelens.data.hooks import layer_of
     from mxd_saelens.reading.probing import (
         LayerCodes,
         NeuronCodes,
@@ -141,12 +140,7 @@ def probe(args: Sequence[str]) -> None:
         LayerCodes(layer, name=path) for layer, path in zip(layers, opts.layers, strict=True)
     ]
     if opts.base_mlp:
-        block = opts.layer
-        if block is None and layers:
-            block = layer_of(layers[0].cfg.metadata.hook_name)
-        if block is None:
-            raise UserError("--base_mlp needs --layer when no layer folder is given")
-        sources.append(NeuronCodes.of(model, block))
+        sources.append(NeuronCodes.of(model, _base_mlp_block(opts.layer, layers)))
 
     kwargs: dict[str, Any] = {"seed": opts.seed}
     if opts.per_class:
@@ -172,6 +166,18 @@ def probe(args: Sequence[str]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps([r.to_dict() for r in results], indent=2))
     print(f"wrote {out}")
+
+
+def _base_mlp_block(layer: int | None, layers: Sequence[Any]) -> int:
+    """The block whose MLP neurons --base_mlp probes: --layer, else the first layer's block."""
+    from mxd_saelens.data.hooks import layer_of
+
+    block = layer
+    if block is None and layers:
+        block = layer_of(layers[0].cfg.metadata.hook_name)
+    if block is None:
+        raise UserError("--base_mlp needs --layer when no layer folder is given")
+    return block
 
 
 def steer(args: Sequence[str]) -> None:

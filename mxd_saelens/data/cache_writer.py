@@ -122,23 +122,8 @@ def cache_paired_activations(
     ``output_path`` and renamed into place only once complete, so an interrupted run leaves no
     folder that looks like a cache.
     """
-    if cfg is None:
-        known = {f.name for f in fields(CacheConfig)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"unknown cache option(s) {unknown}; known: {sorted(known)}.")
-        cfg = CacheConfig(**options)
-    elif options:
-        raise ValueError("give either a CacheConfig or keyword options, not both.")
+    cfg = _checked_config(cfg, options, dataset_given=override_dataset is not None)
     out = Path(cfg.output_path)
-    if out.exists():
-        raise FileExistsError(
-            f"output_path={str(out)!r} exists; give a new folder (a cache is never overwritten)."
-        )
-    if not cfg.dataset_path and override_dataset is None:
-        raise ValueError(
-            f"say what to run the model on: --dataset_path (none for {cfg.model_name})"
-        )
     dataset = override_dataset
     if dataset is None:
         dataset = load_dataset_source(cfg.dataset_path) or cfg.dataset_path
@@ -162,6 +147,30 @@ def cache_paired_activations(
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return out
+
+
+def _checked_config(
+    cfg: CacheConfig | None, options: dict[str, Any], dataset_given: bool
+) -> CacheConfig:
+    """The config, from ``cfg`` or the keyword options, checked before the model loads."""
+    if cfg is None:
+        known = {f.name for f in fields(CacheConfig)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown cache option(s) {unknown}; known: {sorted(known)}.")
+        cfg = CacheConfig(**options)
+    elif options:
+        raise ValueError("give either a CacheConfig or keyword options, not both.")
+    if Path(cfg.output_path).exists():
+        raise FileExistsError(
+            f"output_path={cfg.output_path!r} exists; give a new folder (a cache is never "
+            "overwritten)."
+        )
+    if not cfg.dataset_path and not dataset_given:
+        raise ValueError(
+            f"say what to run the model on: --dataset_path (none for {cfg.model_name})"
+        )
+    return cfg
 
 
 def _loading_options(cfg: CacheConfig) -> dict[str, Any]:
@@ -294,17 +303,21 @@ def _manifest(
             "streaming": cfg.streaming,
         },
         "blocks": [
-            {
-                "block": pair.layer,
-                "file": block_filename(pair.layer),
-                "hook_in": pair.hook_in,
-                "hook_out": pair.hook_out,
-                "d_in": pair.d_in,
-                "d_out": pair.d_out,
-                "shape": [cfg.training_tokens, pair.d_in + pair.d_out],
-                "mlp_check": check,
-            }
+            _block_entry(pair, check, cfg.training_tokens)
             for pair, check in zip(pairs, checks, strict=True)
         ],
         "options": asdict(cfg),
+    }
+
+
+def _block_entry(pair: MLPHooks, check: dict[str, Any], n_tokens: int) -> dict[str, Any]:
+    return {
+        "block": pair.layer,
+        "file": block_filename(pair.layer),
+        "hook_in": pair.hook_in,
+        "hook_out": pair.hook_out,
+        "d_in": pair.d_in,
+        "d_out": pair.d_out,
+        "shape": [n_tokens, pair.d_in + pair.d_out],
+        "mlp_check": check,
     }

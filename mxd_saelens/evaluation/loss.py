@@ -195,19 +195,7 @@ def _evaluate(
         batch = tokens[start : start + batch_size]
         forwards = BatchForwards(model, batch, hook_names)
         loss_mask = loss_positions(model, batch).double()
-        shared.add(
-            start, n_tokens=loss_mask.sum(-1), ce_clean=_seq_sum(forwards.clean_ce, loss_mask)
-        )
-        for hook in hook_outs:
-            zero = forwards.ce(forwards.logits_with(hook, 0.0))
-            mean = forwards.ce(forwards.logits_with(hook, means[hook]))
-            shared.add(
-                start,
-                **{
-                    f"zero:{hook}": _seq_sum(zero, loss_mask),
-                    f"mean:{hook}": _seq_sum(mean, loss_mask),
-                },
-            )
+        _baseline_stats(forwards, hook_outs, means, loss_mask, shared, start)
         for name, item in spliced.items():
             positions = position_mask(batch, excluded[name])
             _layer_stats(forwards, item, loss_mask, positions, own[name], start)
@@ -218,6 +206,28 @@ def _evaluate(
         name: _reduce(base, own[name], item.hooks.hook_out, dense_threshold)
         for name, item in spliced.items()
     }
+
+
+def _baseline_stats(
+    forwards: BatchForwards,
+    hook_outs: Sequence[str],
+    means: Mapping[str, Tensor],
+    loss_mask: Tensor,
+    shared: _Stats,
+    start: int,
+) -> None:
+    """The batch's clean loss and, per MLP output, its zero- and mean-ablated losses."""
+    shared.add(start, n_tokens=loss_mask.sum(-1), ce_clean=_seq_sum(forwards.clean_ce, loss_mask))
+    for hook in hook_outs:
+        zero = forwards.ce(forwards.logits_with(hook, 0.0))
+        mean = forwards.ce(forwards.logits_with(hook, means[hook]))
+        shared.add(
+            start,
+            **{
+                f"zero:{hook}": _seq_sum(zero, loss_mask),
+                f"mean:{hook}": _seq_sum(mean, loss_mask),
+            },
+        )
 
 
 def _check_order(hooks: MLPHooks) -> None:

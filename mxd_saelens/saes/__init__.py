@@ -1,6 +1,7 @@
 """The architectures, one per file, each with its config beside it."""
 
-from mxd_saelens.saes.mxd import MxD, MxDConfig, MxDTrainingSAE, MxDTrainingSAEConfig
+from mxd_saelens.saes.mxd import MxD, MxDConfig
+from mxd_saelens.saes.mxd_training import MxDTrainingSAE, MxDTrainingSAEConfig
 from mxd_saelens.saes.relu_transcoders import (
     SkipTranscoderTrainingSAE,
     SkipTranscoderTrainingSAEConfig,

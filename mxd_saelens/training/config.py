@@ -72,6 +72,16 @@ def _field_names(cls: type) -> set[str]:
     return {f.name for f in fields(cls) if f.init}
 
 
+def _refuse_unknown(architecture: str, values: dict[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(values) - known)
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, sorted(known), n=3)
+            hints.append(f"{name!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        raise ValueError(f"unknown field(s) for architecture {architecture!r}: {'; '.join(hints)}.")
+
+
 def runner_config(architecture: str, **values: Any) -> LanguageModelSAERunnerConfig[Any]:
     """Build a ``LanguageModelSAERunnerConfig`` from one flat set of keywords.
 
@@ -87,15 +97,7 @@ def runner_config(architecture: str, **values: Any) -> LanguageModelSAERunnerCon
     sae_names = _field_names(sae_cls) - {"metadata"}
     runner_names = _field_names(LanguageModelSAERunnerConfig) - {"sae", "logger"}
     logger_names = _field_names(LoggingConfig)
-    known = sae_names | runner_names | logger_names | _EXTRA
-    unknown = sorted(set(values) - known)
-    if unknown:
-        hints = []
-        for name in unknown:
-            close = difflib.get_close_matches(name, sorted(known), n=3)
-            hints.append(f"{name!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
-        raise ValueError(f"unknown field(s) for architecture {architecture!r}: {'; '.join(hints)}.")
-
+    _refuse_unknown(architecture, values, sae_names | runner_names | logger_names | _EXTRA)
     layer = values.pop("layer", None)
     width = values.pop("match_transcoder_width", None)
     hook_name_out = values.pop("hook_name_out", None)

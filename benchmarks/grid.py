@@ -24,7 +24,8 @@ held-out split is cut into two disjoint halves of whole sequences: validation (t
 test (the second). Each candidate is spliced into the model on both and its codes are probed
 (:mod:`mxd_saelens.evaluation.specialisation`). Selection, per (architecture, k): among the candidates that
 meet the readability floor (dead fraction on validation ≤ ``--max_dead`` and probe F1 ≥ the best
-probe F1 of any candidate at that k minus ``--probe_margin``), the lowest validation ΔCE; if none
+probe F1 of the TopK transcoder's live candidates at that k minus ``--probe_margin``: readable
+as the baseline is, the floor the comparison is judged by), the lowest validation ΔCE; if none
 meets it, the lowest validation ΔCE outright, flagged. The selected MxD is compared with each
 selected transcoder on test with paired standard errors (ΔCE, KL and probe F1).
 """
@@ -124,28 +125,54 @@ def train(model: Any, opts: argparse.Namespace, recipes: dict[str, dict[str, Any
     return time.perf_counter() - started
 
 
+REFERENCE = "topk_transcoder"  # whose readability sets the floor
+
+
+def probe_floor(at_k: dict[str, dict[str, Any]], max_dead: float, probe_margin: float) -> float:
+    """The probe F1 floor at one k, the same for every architecture: the best probe F1 of the
+    TopK transcoder's candidates with at most ``max_dead`` dead, less ``probe_margin`` (every
+    candidate's best, where no such transcoder was trained)."""
+    reference = [
+        row["probe_f1"]
+        for row in at_k.values()
+        if row["architecture"] == REFERENCE and row["validation"]["dead_fraction"] <= max_dead
+    ]
+    return max(reference or [row["probe_f1"] for row in at_k.values()]) - probe_margin
+
+
+def ranked(
+    rows: dict[str, dict[str, Any]], max_dead: float, probe_margin: float
+) -> dict[str, dict[str, Any]]:
+    """(architecture, k) → its candidates that meet the floor, most faithful on validation
+    first (all of them, flagged, when none does), with the floor."""
+    out = {}
+    for k in sorted({row["k"] for row in rows.values()}):
+        at_k = {name: row for name, row in rows.items() if row["k"] == k}
+        floor_f1 = probe_floor(at_k, max_dead, probe_margin)
+        for architecture in sorted({row["architecture"] for row in at_k.values()}):
+            pool = {n: r for n, r in at_k.items() if r["architecture"] == architecture}
+            readable = [
+                n
+                for n, r in pool.items()
+                if r["validation"]["dead_fraction"] <= max_dead and r["probe_f1"] >= floor_f1
+            ]
+            names = sorted(readable or pool, key=lambda n: pool[n]["validation"]["delta_ce"])
+            out[f"{architecture}-k{k}"] = {
+                "names": names,
+                "met_floor": bool(readable),
+                "floor": {"max_dead": max_dead, "min_probe_f1": floor_f1},
+            }
+    return out
+
+
 def select(
     rows: dict[str, dict[str, Any]], max_dead: float, probe_margin: float
 ) -> dict[str, dict[str, Any]]:
     """(architecture, k) → the selected candidate's name, the floor and whether it was met."""
-    selected = {}
-    for k in sorted({row["k"] for row in rows.values()}):
-        at_k = {name: row for name, row in rows.items() if row["k"] == k}
-        floor_f1 = max(row["probe_f1"] for row in at_k.values()) - probe_margin
-        for architecture in sorted({row["architecture"] for row in at_k.values()}):
-            pool = {n: r for n, r in at_k.items() if r["architecture"] == architecture}
-            readable = {
-                n: r
-                for n, r in pool.items()
-                if r["validation"]["dead_fraction"] <= max_dead and r["probe_f1"] >= floor_f1
-            }
-            choice = min(readable or pool, key=lambda n: pool[n]["validation"]["delta_ce"])
-            selected[f"{architecture}-k{k}"] = {
-                "name": choice,
-                "met_floor": bool(readable),
-                "floor": {"max_dead": max_dead, "min_probe_f1": floor_f1},
-            }
-    return selected
+    return {
+        key: {"name": r["names"][0], "met_floor": r["met_floor"], "floor": r["floor"]}
+        for key, r in ranked(rows, max_dead, probe_margin).items()
+    }
 
 
 def comparisons(
@@ -173,27 +200,16 @@ def comparisons(
     return out
 
 
-def stage2_recipes(stage1: dict[str, Any], per_architecture: int) -> dict[str, dict[str, Any]]:
+def stage2_recipes(
+    stage1: dict[str, Any], per_architecture: int, max_dead: float, probe_margin: float
+) -> dict[str, dict[str, Any]]:
     """The ``per_architecture`` best stage-1 candidates of each (architecture, k) on validation
-    ΔCE among those that met the floor (the selected one first), to retrain at the budget."""
+    ΔCE among those that meet the floor (the selected one first), to retrain at the budget. The
+    floor is recomputed from the stage-1 rows, so it is this file's rule that decides."""
     recipes = {}
-    for key, choice in stage1["selected"].items():
-        architecture, k = key.rsplit("-k", 1)
-        floor = choice["floor"]
-        pool = {
-            name: row
-            for name, row in stage1["candidates"].items()
-            if row["architecture"] == architecture and row["k"] == int(k)
-        }
-        readable = [
-            name
-            for name, row in pool.items()
-            if row["validation"]["dead_fraction"] <= floor["max_dead"]
-            and row["probe_f1"] >= floor["min_probe_f1"]
-        ] or list(pool)
-        readable.sort(key=lambda name: pool[name]["validation"]["delta_ce"])
-        for name in readable[:per_architecture]:
-            row = pool[name]
+    for choice in ranked(stage1["candidates"], max_dead, probe_margin).values():
+        for name in choice["names"][:per_architecture]:
+            row = stage1["candidates"][name]
             recipes[name] = {key: row[key] for key in ("architecture", "k", "start", "lr")}
     return recipes
 
@@ -279,7 +295,9 @@ def main() -> None:
     stage1 = None
     if opts.stage2_from:
         stage1 = json.loads(Path(opts.stage2_from).read_text())
-        recipes = stage2_recipes(stage1, opts.stage2_per_architecture)
+        recipes = stage2_recipes(
+            stage1, opts.stage2_per_architecture, opts.max_dead, opts.probe_margin
+        )
         opts.balance_rate, opts.balance_mode = _stage1_balance(stage1)
     else:
         recipes = candidates(opts, gated_mlp=bool(mlp_shape(model)["glu"]))

@@ -163,7 +163,7 @@ def _checked_config(
         raise ValueError("give either a CacheConfig or keyword options, not both.")
     if Path(cfg.output_path).exists():
         raise FileExistsError(
-            f"output_path={cfg.output_path!r} exists; give a new folder (a cache is never "
+            f"output_path={str(cfg.output_path)!r} exists; give a new folder (a cache is never "
             "overwritten)."
         )
     if not cfg.dataset_path and not dataset_given:

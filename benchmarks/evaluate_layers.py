@@ -28,6 +28,22 @@ from mxd_saelens.data.tokens import token_sequences
 from mxd_saelens.evaluation.evaluate_and_report import evaluate_and_specialise
 from mxd_saelens.evaluation.report import format_comparisons, format_specialisation, format_table
 
+SPLITS = ("heldout", "validation", "test", "train")
+
+
+def split_sequences(model: Any, split: str, n_sequences: int | None) -> torch.Tensor:
+    """``[n, 128]`` tokens of ``split``: the grid's validation and test are the first and the
+    second half of the held-out split's sequences; train (``n_sequences`` default: as many as
+    test) is the start of the training split."""
+    if split == "train":
+        heldout = token_sequences(model, zoo.load_corpus("heldout"), 128)
+        n = n_sequences or heldout.shape[0] - heldout.shape[0] // 2
+        return token_sequences(model, zoo.load_corpus("train"), 128, n)
+    tokens = token_sequences(model, zoo.load_corpus("heldout"), 128)
+    half = tokens.shape[0] // 2
+    tokens = {"heldout": tokens, "validation": tokens[:half], "test": tokens[half:]}[split]
+    return tokens[:n_sequences] if n_sequences else tokens
+
 
 def paired_names(
     specs: dict[str, dict[str, Any]], extra: list[str], by_k: bool = False
@@ -83,7 +99,15 @@ def main() -> None:
         "--snapshot_layers", nargs="*", default=None, help="only these layers' snapshots"
     )
     parser.add_argument("--only", nargs="*", default=None, help="evaluate only these layers")
-    parser.add_argument("--n_sequences", type=int, default=None, help="default: all held-out")
+    parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="heldout",
+        help="heldout: the whole held-out split; validation / test: its first / second half (the "
+        "grid's); train: the training split's first sequences, seen in training (to tell "
+        "overfitting: train against test)",
+    )
+    parser.add_argument("--n_sequences", type=int, default=None, help="default: the whole split")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--pairs", nargs="*", default=[], help="extra comparisons a:b")
     parser.add_argument(
@@ -112,9 +136,9 @@ def main() -> None:
             manifest["layers"] = {n: s for n, s in manifest["layers"].items() if n in opts.only}
         specs |= {name: {**spec, "run": str(work)} for name, spec in manifest["layers"].items()}
     model = zoo.load(manifests[0]["model"])
-    tokens = token_sequences(model, zoo.load_corpus("heldout"), 128, opts.n_sequences)
+    tokens = split_sequences(model, opts.split, opts.n_sequences)
     print(
-        f"{manifests[0]['model']}: {tokens.shape[0]} held-out sequences, {tokens.numel():,} tokens"
+        f"{manifests[0]['model']}: {tokens.shape[0]} {opts.split} sequences, {tokens.numel():,} tokens"
     )
 
     layers: dict[str, Any] = {}
@@ -169,6 +193,7 @@ def main() -> None:
             "training": trainings[0],
             "trainings": trainings,
             "tokens_per_layer": max(stage_tokens),
+            "split": opts.split,
             "n_sequences": int(tokens.shape[0]),
             "n_eval_tokens": int(tokens.numel()),
             "eval_seconds": round(seconds, 1),

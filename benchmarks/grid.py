@@ -113,6 +113,7 @@ def train(model: Any, opts: argparse.Namespace, recipes: dict[str, dict[str, Any
             options,
             layer,
             str(work / name),
+            device=opts.device,
             **recipe_fields(recipe, steps, opts.balance_rate, opts.balance_mode),
         )
         for name, recipe in recipes.items()
@@ -219,10 +220,10 @@ def measure(
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Evaluation], dict[str, LayerSpecialisation]]:
     """Every candidate spliced on validation and test, and probed: one row each."""
     folders = {name: Path(opts.work_dir) / name for name in recipes}
-    heldout = token_sequences(model, zoo.load_corpus("heldout"), 128)
+    heldout = token_sequences(model, zoo.load_corpus("heldout"), 128).to(opts.device)
     half = heldout.shape[0] // 2
     splits = {"validation": heldout[:half], "test": heldout[half:]}
-    layers = {name: SAE.load_from_disk(folder) for name, folder in folders.items()}
+    layers = {name: SAE.load_from_disk(folder, opts.device) for name, folder in folders.items()}
     evaluations = {
         split: evaluate_and_specialise(
             model, layers, tokens, specialisation=False, chunk=opts.eval_chunk, progress=False
@@ -280,6 +281,9 @@ def main() -> None:
     parser.add_argument("--probe_margin", type=float, default=0.03)
     parser.add_argument("--eval_chunk", type=int, default=3, help="layers per splice pass")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--device", default="cpu", help="where the candidates train and are spliced"
+    )
     parser.add_argument("--work_dir", default=None, help="where the candidates are trained")
     parser.add_argument("--out", required=True)
     opts = parser.parse_args()
@@ -291,7 +295,7 @@ def main() -> None:
     if opts.work_dir is None:
         parser.error("--work_dir is required to train")
 
-    model = zoo.load(opts.model)
+    model = zoo.load(opts.model, device=opts.device)
     stage1 = None
     if opts.stage2_from:
         stage1 = json.loads(Path(opts.stage2_from).read_text())
@@ -312,6 +316,7 @@ def main() -> None:
         "lr_grid": stage1["lr_grid"] if stage1 else opts.lrs,
         "starts": stage1["starts"] if stage1 else opts.starts,
         "tokens": opts.tokens,
+        "train_device": opts.device,
         "train_seconds": round(train_seconds, 1),
         "splits": next(iter(rows.values()))["n_sequences"],
         "selected_on": "validation",

@@ -41,6 +41,7 @@ def frontier_rows(grid: dict[str, Any]) -> list[dict[str, Any]]:
                 "k": row["k"],
                 "recipe": {"start": row["start"], "lr": row["lr"], "schedule": row["schedule"]},
                 "tokens": row["tokens"],
+                "train_device": grid.get("train_device", "cpu"),
                 "lr_grid": grid["lr_grid"],
                 "starts": grid["starts"],
                 "selected_on": grid["selected_on"],
@@ -105,7 +106,12 @@ def main() -> None:
         rows += grid_rows
         checked.update(targets(grid, grid_rows))
         for key in targets(grid, grid_rows):
-            sources[key] = {"file": path, "command": grid["command"]}
+            sources[key] = {
+                "file": path,
+                "command": grid["command"],
+                "train_device": grid.get("train_device", "cpu"),
+                "torch": grid["torch"],
+            }
     covered = {(row["model"], row["k"]) for row in rows}
     missing = [f"{m}-k{k}" for m in opts.models for k in opts.ks if (m, k) not in covered]
     write_result(

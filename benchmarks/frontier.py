@@ -1,6 +1,6 @@
 """The sparsity–accuracy frontier of the bundled models, assembled from the evaluations that
 ``benchmarks/evaluate_layers.py`` wrote for the layers ``benchmarks/train_layers.py`` trained
-(see benchmarks/README.md for the commands), into ``benchmarks/results/frontier.json``: per model,
+(see benchmarks/README.md for the commands), into ``benchmarks/results/frontier_lr_only.json``: per model,
 each layer's ΔCE, KL, NMSE and dead fraction with standard errors, and for each k the MxD
 against the TopK and skip transcoders with paired standard errors.
 
@@ -222,7 +222,7 @@ SHORT_KEY = {"mxd": "mxd", "topk_transcoder": "topk_tc"}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--evaluations", nargs="+", required=True)
-    parser.add_argument("--out", default="benchmarks/results/frontier.json")
+    parser.add_argument("--out", default="benchmarks/results/frontier_lr_only.json")
     parser.add_argument(
         "--best_lr",
         action="store_true",

@@ -2,7 +2,8 @@
 readability floor, reported on test.
 
     python benchmarks/grid.py --model tiny-gelu --ks 32 --lrs 1e-3 3e-3 1e-2 \\
-        --tokens 2000000 --work_dir benchmarks/layers/grid/tiny-gelu --out benchmarks/results/grid.json
+        --tokens 2000000 --work_dir benchmarks/layers/grid/tiny-gelu \\
+        --out benchmarks/results/grid_tiny-gelu_k32.json
 
 Every (architecture, k) is offered the same candidates: each learning rate of ``--lrs`` with the
 same schedule (warm-up over the first 5 % of the steps, constant, then linear decay over the

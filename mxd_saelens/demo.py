@@ -30,9 +30,9 @@ from mxd_saelens.training.config import runner_config
 from mxd_saelens.training.runner import MultiPairedTrainingRunner
 
 # Each architecture's recipe at the demo's budget (k = 32, 2M tokens, tiny-gelu block 2), chosen
-# by one procedure for all (benchmarks/grid.py → benchmarks/results/grid.json): the most faithful
-# on validation among the candidates that keep their codes alive and readable (every selected
-# layer met that floor at 2M tokens).
+# by one procedure for all (benchmarks/grid.py → benchmarks/results/grid_tiny-gelu_k32.json):
+# the most faithful on validation among the candidates that keep their codes alive and readable
+# (every selected layer met that floor at 2M tokens).
 RECIPES: dict[str, dict[str, Any]] = {
     "mxd": {"lr": 3e-3, "init": "mlp_encoder", "balance_rate": 1e-2, "balance_mode": "revive"},
     "topk_transcoder": {"lr": 3e-3, "init": "mlp_encoder", "balance_rate": 0.0},

@@ -1,0 +1,180 @@
+"""The budget curve at the selected recipes: the MxD and the TopK transcoder that
+``benchmarks/grid.py`` selected at one k, each retrained at every budget with the grid's own
+schedule (warm-up over the first 5 % of the steps, linear decay over the last 20 %, both scaled to
+the budget), spliced on the grid's validation and test halves and on as many sequences from the
+start of the training split.
+
+    python benchmarks/budget_curve.py --grid benchmarks/results/grid_tiny-gelu_k32.json --k 32 \\
+        --budgets 16000000 500000 1000000 4000000 8000000 2000000 \\
+        --work_dir benchmarks/layers/budget/tiny-gelu-k32 --out benchmarks/results/budget_tuned.json
+
+A budget above one pass over the bundled training split is several epochs of it: the layers
+then see the training sequences more than once, and ``train_minus_test`` (ΔCE on those seen
+sequences minus ΔCE on test, per layer) is the overfit check: a layer that memorises its
+training text splices better on it than on unseen text, and the gap grows with the epochs.
+The result is written after every budget, so a stopped run keeps the budgets it finished; a
+layer already trained in ``--work_dir`` is evaluated again, not retrained, so a second run over
+the same folder with more ``--architectures`` trains only the new ones and compares them all on
+the same tokens (without the MxD among them, a run trains and measures with no comparison).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from sae_lens import SAE
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from benchmarks import grid
+from benchmarks.common import write_result
+from benchmarks.evaluate_layers import split_sequences
+from mxd_saelens import zoo
+from mxd_saelens.data.tokens import token_sequences
+from mxd_saelens.evaluation.evaluate_and_report import evaluate_and_specialise
+from mxd_saelens.evaluation.specialisation import LayerSpecialisation
+from mxd_saelens.reading.probing.probe import compare_probes
+
+RECIPE_KEYS = ("architecture", "k", "start", "lr")
+
+
+def selected_recipes(
+    grid_result: dict[str, Any], k: int, architectures: list[str]
+) -> dict[str, dict[str, Any]]:
+    """name → recipe of each architecture's selected candidate at ``k`` in a grid result."""
+    out = {}
+    for architecture in architectures:
+        key = f"{architecture}-k{k}"
+        if key not in grid_result["selected"]:
+            raise SystemExit(
+                f"the grid selected no {key}; it has {sorted(grid_result['selected'])}"
+            )
+        name = grid_result["selected"][key]["name"]
+        out[name] = {key: grid_result["candidates"][name][key] for key in RECIPE_KEYS}
+    return out
+
+
+def balance_of(grid_result: dict[str, Any], names: list[str]) -> tuple[float, str]:
+    """The balancing the grid gave its balanced starts (one rate and mode for all of them)."""
+    for name in names:
+        row = grid_result["candidates"][name]
+        if grid.is_balanced(row["start"]):
+            return row["balance_rate"], row["balance_mode"]
+    return 0.0, "sign"
+
+
+def train_split_rows(
+    model: Any, folders: dict[str, Path], n_sequences: int, opts: argparse.Namespace
+) -> dict[str, dict[str, Any]]:
+    """Each layer spliced on the first ``n_sequences`` sequences of the training split."""
+    tokens = split_sequences(model, "train", n_sequences).to(opts.device)
+    layers = {name: SAE.load_from_disk(folder, opts.device) for name, folder in folders.items()}
+    evaluation, _ = evaluate_and_specialise(
+        model, layers, tokens, specialisation=False, chunk=opts.eval_chunk, progress=False
+    )
+    return {
+        row["name"]: {key: row[key] for key in grid.ROW_FIELDS} | {"n_sequences": len(tokens)}
+        for row in evaluation.rows
+    }
+
+
+def probe_difference(a: LayerSpecialisation, b: LayerSpecialisation) -> dict[str, float]:
+    """a's probe F1 minus b's, paired over the same probing texts, as the grid reports it."""
+    probe = compare_probes(a.probe, b.probe)
+    return {"probe_f1_diff": probe["difference"], "probe_f1_diff_se": probe["se"]}
+
+
+def budget_point(
+    model: Any, opts: argparse.Namespace, recipes: dict[str, dict[str, Any]], tokens: int
+) -> dict[str, Any]:
+    """Both layers trained at ``tokens``, measured on validation, test and seen training text."""
+    point_opts = argparse.Namespace(**{**vars(opts), "tokens": tokens})
+    point_opts.work_dir = str(Path(opts.work_dir) / f"{tokens}")
+    train_seconds = grid.train(model, point_opts, recipes)
+    rows, evaluations, probes = grid.measure(model, point_opts, recipes)
+    folders = {name: Path(point_opts.work_dir) / name for name in recipes}
+    n_test = next(iter(rows.values()))["n_sequences"]["test"]
+    seen = train_split_rows(model, folders, n_test, point_opts)
+    for name, row in rows.items():
+        row["train"] = seen[name]
+        train, test = seen[name], row["test"]
+        row["train_minus_test"] = {
+            "delta_ce": train["delta_ce"] - test["delta_ce"],
+            # disjoint sequences: the two SEs add in quadrature
+            "delta_ce_se": math.hypot(train["delta_ce_se"], test["delta_ce_se"]),
+        }
+    mxds = [n for n, r in recipes.items() if r["architecture"] == "mxd"]
+    others = [n for n in recipes if n not in mxds]
+    return {
+        "tokens": tokens,
+        "epochs": tokens / opts.train_split_tokens,
+        "train_seconds": round(train_seconds, 1),
+        "layers": rows,
+        "comparisons": [
+            {**evaluations["test"].compare(a, b), **probe_difference(probes[a], probes[b])}
+            for a in mxds
+            for b in others
+        ],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--grid", required=True, help="a stage-2 grid result (its selection)")
+    parser.add_argument("--k", type=int, required=True)
+    parser.add_argument("--architectures", nargs="+", default=["mxd", "topk_transcoder"])
+    parser.add_argument("--budgets", nargs="+", type=int, required=True, help="tokens per layer")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--eval_chunk", type=int, default=3, help="layers per splice pass")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--work_dir", required=True)
+    parser.add_argument("--out", required=True)
+    opts = parser.parse_args()
+    torch.set_num_threads(opts.threads)
+    grid_result = json.loads(Path(opts.grid).read_text())
+    recipes = selected_recipes(grid_result, opts.k, opts.architectures)
+    opts.model = grid_result["model"]
+    opts.balance_rate, opts.balance_mode = balance_of(grid_result, list(recipes))
+    model = zoo.load(opts.model, device=opts.device)
+    # one pass over the training split, as the store cuts it into sequences
+    opts.train_split_tokens = int(token_sequences(model, zoo.load_corpus("train"), 128).numel())
+    points = []
+    for tokens in opts.budgets:
+        points.append(budget_point(model, opts, recipes, tokens))
+        write_result(
+            opts.out,
+            {
+                "model": opts.model,
+                "layer": zoo.default_layer(opts.model),
+                "k": opts.k,
+                "grid": opts.grid,
+                "recipes": recipes,
+                "balance": {"rate": opts.balance_rate, "mode": opts.balance_mode},
+                "train_split_tokens": opts.train_split_tokens,
+                "points": sorted(points, key=lambda p: p["tokens"]),
+            },
+        )
+        _print_point(points[-1])
+
+
+def _print_point(point: dict[str, Any]) -> None:
+    for name, row in point["layers"].items():
+        gap = row["train_minus_test"]
+        print(
+            f"{point['tokens']:>10,} ({point['epochs']:.2f} epochs) {name:36s} test ΔCE "
+            f"{row['test']['delta_ce']:.4f} ± {row['test']['delta_ce_se']:.4f}  train − test "
+            f"{gap['delta_ce']:+.4f} ± {gap['delta_ce_se']:.4f}  dead "
+            f"{row['test']['dead_fraction']:.1%}  probe F1 {row['probe_f1']:.3f}"
+        )
+    for c in point["comparisons"]:
+        print(f"  {c['a']} / {c['b']}: {c['delta_ce_ratio']:.3f} ± {c['delta_ce_ratio_se']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""The tuned frontier (benchmarks/tuned_frontier.py): the grid's selected rows reported on test,
+the targets checked against the paired comparisons, a retrained budget taking the grid's place
+only when it retrained exactly the selected recipes, and every candidate of both stages listed."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from benchmarks.budget_curve import selected_recipes
+from benchmarks.tuned_frontier import candidate_rows, grid_section, retrained_section, targets
+
+SPLIT = {"delta_ce": 0.0, "delta_ce_se": 0.0001, "kl": 0.0, "kl_se": 0.0, "nmse": 0.0, "l0": 8.0}
+
+
+def candidate(architecture: str, test_ce: float, dead: float, lr: float = 3e-3) -> dict:
+    return {
+        "architecture": architecture,
+        "k": 8,
+        "start": "paper",
+        "lr": lr,
+        "tokens": 2_000_000,
+        "schedule": "warm-up 5 %, constant, linear decay over the last 20 %",
+        "balance_rate": 0.0,
+        "n_sequences": {"validation": 10, "test": 10},
+        "validation": {**SPLIT, "delta_ce": test_ce * 1.1, "dead_fraction": dead},
+        "test": {**SPLIT, "delta_ce": test_ce, "dead_fraction": dead},
+        "probe_f1": 0.9,
+        "probe_f1_se": 0.01,
+        "top_share": 0.2,
+        "effective_experts": 300.0,
+    }
+
+
+def comparison(a: str, b: str, ratio: float, z: float, probe_diff: float = 0.0) -> dict:
+    return {
+        "k": 8,
+        "a": a,
+        "b": b,
+        "delta_ce_ratio": ratio,
+        "delta_ce_ratio_se": 0.02,
+        "delta_ce_diff": -0.01,
+        "delta_ce_diff_se": 0.01 / abs(z),
+        "delta_ce_z": z,
+        "probe_f1_diff": probe_diff,
+        "probe_f1_diff_se": 0.02,
+    }
+
+
+FLOOR = {"met_floor": True, "floor": {"max_dead": 0.25, "min_probe_f1": 0.87}}
+GRID = {
+    "model": "tiny-gelu",
+    "layer": 2,
+    "tokens": 2_000_000,
+    "command": "python benchmarks/grid.py --stage2_from s1.json",
+    "lr_grid": [1e-3, 3e-3, 1e-2],
+    "starts": ["paper"],
+    "selected_on": "validation",
+    "reported_on": "test",
+    "candidates": {
+        "mxd-a": candidate("mxd", 0.003, 0.05),
+        "mxd-b": candidate("mxd", 0.004, 0.01, lr=1e-3),
+        "tc-a": candidate("topk_transcoder", 0.010, 0.0),
+        "skip-a": candidate("topk_skip_transcoder", 0.009, 0.0),
+    },
+    "selected": {
+        "mxd-k8": {"name": "mxd-a", **FLOOR},
+        "topk_transcoder-k8": {"name": "tc-a", **FLOOR},
+        "topk_skip_transcoder-k8": {"name": "skip-a", **FLOOR},
+    },
+    "comparisons": [
+        comparison("mxd-a", "tc-a", ratio=0.30, z=-12.0),
+        comparison("mxd-a", "skip-a", ratio=0.33, z=-2.5),  # not 3 SE apart: missed
+    ],
+    "stage1": {
+        "from": "s1.json",
+        "command": "python benchmarks/grid.py --tokens 1000000",
+        "candidates": {"mxd-c": candidate("mxd", 0.02, 0.6, lr=1e-2)},
+        "selected": {"mxd-k8": {"name": "mxd-c", **FLOOR}},
+    },
+}
+
+
+def test_the_frontier_rows_are_the_selected_candidates_on_test():
+    section = grid_section(GRID)
+    by_name = {row["name"]: row for row in section["rows"]}
+    assert set(by_name) == {"mxd-a", "tc-a", "skip-a"}
+    row = by_name["mxd-a"]
+    assert row["delta_ce"] == 0.003 and row["validation_delta_ce"] == pytest.approx(0.0033)
+    assert (row["selected_on"], row["reported_on"], row["tokens"]) == ("validation", "test", 2e6)
+    assert row["lr_grid"] == [1e-3, 3e-3, 1e-2] and row["probe_f1_se"] == 0.01
+
+
+def test_each_target_is_checked_against_its_bound_and_its_noise():
+    checks = targets(grid_section(GRID))["tiny-gelu-k8"]
+    assert checks["ratio_to_topk_transcoder_at_most_0.4"]["met"]
+    assert not checks["ratio_to_topk_skip_transcoder_at_most_0.5"]["met"]  # ratio fine, z not
+    assert checks["mxd_dead_fraction_at_most_0.25"] == {"value": 0.05, "met": True}
+    assert checks["probe_f1_at_least_topk_minus_0.03"]["met"]
+    assert not checks["all_met"]
+    worse = copy.deepcopy(GRID)
+    worse["comparisons"][0] = comparison("mxd-a", "tc-a", ratio=0.30, z=-12.0, probe_diff=-0.05)
+    assert not targets(grid_section(worse))["tiny-gelu-k8"]["probe_f1_at_least_topk_minus_0.03"][
+        "met"
+    ]
+
+
+def budget_with(layers: dict) -> dict:
+    point = {
+        "tokens": 16_000_000,
+        "layers": layers,
+        "comparisons": [
+            {k: v for k, v in comparison(a, b, 0.2, -20.0).items() if k != "k"}
+            for a, b in (("mxd-a", "tc-a"), ("mxd-a", "skip-a"))
+        ],
+    }
+    small = {**point, "tokens": 500_000, "layers": {}}
+    return {"model": "tiny-gelu", "k": 8, "points": [small, point]}
+
+
+def test_a_retrained_budget_replaces_the_grid_rows_with_the_same_recipes():
+    retrained = {
+        name: {**GRID["candidates"][name], "tokens": 16_000_000}
+        for name in ("mxd-a", "tc-a", "skip-a")
+    }
+    section = retrained_section(GRID, budget_with(retrained))
+    assert {row["tokens"] for row in section["rows"]} == {16_000_000}
+    assert {row["selected_at_tokens"] for row in section["rows"]} == {2_000_000}
+    assert targets(section)["tiny-gelu-k8"]["all_met"]  # the retrained comparisons count
+
+
+def test_a_retrained_budget_must_cover_every_selected_recipe_and_no_other():
+    partial = {name: GRID["candidates"][name] for name in ("mxd-a", "tc-a")}
+    with pytest.raises(SystemExit, match="retrain every selected recipe"):
+        retrained_section(GRID, budget_with(partial))
+    changed = {name: dict(GRID["candidates"][name]) for name in ("mxd-a", "tc-a", "skip-a")}
+    changed["mxd-a"]["lr"] = 1e-2
+    with pytest.raises(SystemExit, match="differs from the grid's"):
+        retrained_section(GRID, budget_with(changed))
+
+
+def test_every_candidate_of_both_stages_is_listed_with_its_selection():
+    rows = candidate_rows(GRID, "grid_tiny-gelu_k8.json")
+    stages = {(row["name"], row["stage"]) for row in rows}
+    assert stages == {("mxd-c", 1), ("mxd-a", 2), ("mxd-b", 2), ("tc-a", 2), ("skip-a", 2)}
+    by_name = {row["name"]: row for row in rows}
+    assert by_name["mxd-a"]["selected"] and not by_name["mxd-b"]["selected"]
+    assert by_name["mxd-c"]["selected"] and by_name["mxd-c"]["source"] == "s1.json"
+    assert by_name["mxd-b"]["test_delta_ce"] == 0.004 and by_name["mxd-c"]["init"] == "paper"
+
+
+def test_the_budget_curve_refuses_an_architecture_the_grid_did_not_select():
+    recipes = selected_recipes(GRID, 8, ["mxd", "topk_transcoder"])
+    assert set(recipes) == {"mxd-a", "tc-a"} and recipes["mxd-a"]["lr"] == 3e-3
+    with pytest.raises(SystemExit, match="selected no mxd-k16"):
+        selected_recipes(GRID, 16, ["mxd"])

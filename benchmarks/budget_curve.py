@@ -55,7 +55,7 @@ def selected_recipes(
                 f"the grid selected no {key}; it has {sorted(grid_result['selected'])}"
             )
         name = grid_result["selected"][key]["name"]
-        out[name] = {key: grid_result["candidates"][name][key] for key in RECIPE_KEYS}
+        out[name] = {field: grid_result["candidates"][name][field] for field in RECIPE_KEYS}
     return out
 
 
@@ -92,7 +92,7 @@ def probe_difference(a: LayerSpecialisation, b: LayerSpecialisation) -> dict[str
 def budget_point(
     model: Any, opts: argparse.Namespace, recipes: dict[str, dict[str, Any]], tokens: int
 ) -> dict[str, Any]:
-    """Both layers trained at ``tokens``, measured on validation, test and seen training text."""
+    """Every recipe trained at ``tokens``, measured on validation, test and seen training text."""
     point_opts = argparse.Namespace(**{**vars(opts), "tokens": tokens})
     point_opts.work_dir = str(Path(opts.work_dir) / f"{tokens}")
     train_seconds = grid.train(model, point_opts, recipes)

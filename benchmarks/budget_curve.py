@@ -37,8 +37,6 @@ from benchmarks.evaluate_layers import split_sequences
 from mxd_saelens import zoo
 from mxd_saelens.data.tokens import token_sequences
 from mxd_saelens.evaluation.evaluate_and_report import evaluate_and_specialise
-from mxd_saelens.evaluation.specialisation import LayerSpecialisation
-from mxd_saelens.reading.probing.probe import compare_probes
 
 RECIPE_KEYS = ("architecture", "k", "start", "lr")
 
@@ -59,15 +57,6 @@ def selected_recipes(
     return out
 
 
-def balance_of(grid_result: dict[str, Any], names: list[str]) -> tuple[float, str]:
-    """The balancing the grid gave its balanced starts (one rate and mode for all of them)."""
-    for name in names:
-        row = grid_result["candidates"][name]
-        if grid.is_balanced(row["start"]):
-            return row["balance_rate"], row["balance_mode"]
-    return 0.0, "sign"
-
-
 def train_split_rows(
     model: Any, folders: dict[str, Path], n_sequences: int, opts: argparse.Namespace
 ) -> dict[str, dict[str, Any]]:
@@ -81,12 +70,6 @@ def train_split_rows(
         row["name"]: {key: row[key] for key in grid.ROW_FIELDS} | {"n_sequences": len(tokens)}
         for row in evaluation.rows
     }
-
-
-def probe_difference(a: LayerSpecialisation, b: LayerSpecialisation) -> dict[str, float]:
-    """a's probe F1 minus b's, paired over the same probing texts, as the grid reports it."""
-    probe = compare_probes(a.probe, b.probe)
-    return {"probe_f1_diff": probe["difference"], "probe_f1_diff_se": probe["se"]}
 
 
 def budget_point(
@@ -116,7 +99,7 @@ def budget_point(
         "train_seconds": round(train_seconds, 1),
         "layers": rows,
         "comparisons": [
-            {**evaluations["test"].compare(a, b), **probe_difference(probes[a], probes[b])}
+            {**evaluations["test"].compare(a, b), **grid.probe_difference(probes[a], probes[b])}
             for a in mxds
             for b in others
         ],
@@ -140,7 +123,7 @@ def main() -> None:
     grid_result = json.loads(Path(opts.grid).read_text())
     recipes = selected_recipes(grid_result, opts.k, opts.architectures)
     opts.model = grid_result["model"]
-    opts.balance_rate, opts.balance_mode = balance_of(grid_result, list(recipes))
+    opts.balance_rate, opts.balance_mode = grid.balance_of(grid_result)
     model = zoo.load(opts.model, device=opts.device)
     # one pass over the training split, as the store cuts it into sequences
     opts.train_split_tokens = int(token_sequences(model, zoo.load_corpus("train"), 128).numel())

@@ -177,6 +177,12 @@ def select(
     }
 
 
+def probe_difference(a: LayerSpecialisation, b: LayerSpecialisation) -> dict[str, float]:
+    """a's probe F1 minus b's, paired over the same probing texts."""
+    probe = compare_probes(a.probe, b.probe)
+    return {"probe_f1_diff": probe["difference"], "probe_f1_diff_se": probe["se"]}
+
+
 def comparisons(
     selected: dict[str, dict[str, Any]],
     test: Evaluation,
@@ -190,15 +196,7 @@ def comparisons(
         if architecture == "mxd" or mxd is None:
             continue
         a, b = mxd["name"], choice["name"]
-        probe = compare_probes(probes[a].probe, probes[b].probe)
-        out.append(
-            {
-                "k": int(k),
-                **test.compare(a, b),
-                "probe_f1_diff": probe["difference"],
-                "probe_f1_diff_se": probe["se"],
-            }
-        )
+        out.append({"k": int(k), **test.compare(a, b), **probe_difference(probes[a], probes[b])})
     return out
 
 
@@ -303,7 +301,7 @@ def main() -> None:
         recipes = stage2_recipes(
             stage1, opts.stage2_per_architecture, opts.max_dead, opts.probe_margin
         )
-        opts.balance_rate, opts.balance_mode = _stage1_balance(stage1)
+        opts.balance_rate, opts.balance_mode = balance_of(stage1)
     else:
         recipes = candidates(opts, gated_mlp=bool(mlp_shape(model)["glu"]))
     train_seconds = train(model, opts, recipes)
@@ -379,8 +377,9 @@ def merge_stage1(parts: list[dict[str, Any]], max_dead: float, probe_margin: flo
     }
 
 
-def _stage1_balance(stage1: dict[str, Any]) -> tuple[float, str]:
-    for row in stage1["candidates"].values():
+def balance_of(result: dict[str, Any]) -> tuple[float, str]:
+    """The balancing a grid result gave its balanced starts (one rate and mode for them all)."""
+    for row in result["candidates"].values():
         if is_balanced(row["start"]):
             return row["balance_rate"], row["balance_mode"]
     return 0.0, "sign"

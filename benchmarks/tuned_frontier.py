@@ -18,7 +18,8 @@ larger budget, reported on the same test half).
 
 The targets, per (model, k): the MxD's test ΔCE at most 0.4× the TopK transcoder's and 0.5×
 the skip transcoder's, each difference more than 3 paired SE; the MxD's dead fraction at most
-25 %; its probe F1 at least the TopK transcoder's − 0.03. Every (model, k) of ``--models`` ×
+25 %; its probe F1 at least the TopK transcoder's − 0.03; every layer trained on at least 16M
+tokens. Every (model, k) of ``--models`` ×
 ``--ks`` that no grid covers is listed under ``missing``.
 
 ``--candidates_out`` lists every candidate of every grid and of the stage 1 it came from
@@ -38,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.common import write_result
 
 RATIO_TARGETS = {"topk_transcoder": 0.4, "topk_skip_transcoder": 0.5}
+BUDGET_TARGET = 16_000_000  # tokens per layer
 ROW_FIELDS = ("l0", "nmse", "kl", "kl_se", "dead_fraction")
 SPECIALISATION = ("probe_f1", "probe_f1_se", "top_share", "effective_experts")
 RECIPE = ("architecture", "k", "start", "lr")
@@ -117,6 +119,11 @@ def targets(section: dict[str, Any]) -> dict[str, Any]:
                 "value": mxd["dead_fraction"],
                 "met": mxd["dead_fraction"] <= 0.25,
             }
+        }
+        at_k = [row["tokens"] for row in section["rows"] if row["k"] == k]
+        checks[f"tokens_at_least_{BUDGET_TARGET}"] = {
+            "tokens": min(at_k),
+            "met": min(at_k) >= BUDGET_TARGET,
         }
         for comparison in section["comparisons"]:
             if comparison["k"] != k:

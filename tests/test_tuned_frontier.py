@@ -98,6 +98,7 @@ def test_each_target_is_checked_against_its_bound_and_its_noise():
     assert not checks["ratio_to_topk_skip_transcoder_at_most_0.5"]["met"]  # ratio fine, z not
     assert checks["mxd_dead_fraction_at_most_0.25"] == {"value": 0.05, "met": True}
     assert checks["probe_f1_at_least_topk_minus_0.03"]["met"]
+    assert checks["tokens_at_least_16000000"] == {"tokens": 2_000_000, "met": False}
     assert not checks["all_met"]
     worse = copy.deepcopy(GRID)
     worse["comparisons"][0] = comparison("mxd-a", "tc-a", ratio=0.30, z=-12.0, probe_diff=-0.05)
@@ -128,6 +129,10 @@ def test_a_retrained_budget_replaces_the_grid_rows_with_the_same_recipes():
     assert {row["tokens"] for row in section["rows"]} == {16_000_000}
     assert {row["selected_at_tokens"] for row in section["rows"]} == {2_000_000}
     assert targets(section)["tiny-gelu-k8"]["all_met"]  # the retrained comparisons count
+    retrained["tc-a"]["tokens"] = 8_000_000  # the budget is the least-trained layer's
+    section = retrained_section(GRID, budget_with(retrained))
+    budget = targets(section)["tiny-gelu-k8"]["tokens_at_least_16000000"]
+    assert budget == {"tokens": 8_000_000, "met": False}
 
 
 def test_a_retrained_budget_must_cover_every_selected_recipe_and_no_other():

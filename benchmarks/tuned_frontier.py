@@ -12,15 +12,18 @@ comparisons), each row also with its ``tokens``, ``lr_grid``, ``selected_on`` ("
 ``reported_on`` ("test"), ``probe_f1`` and ``probe_f1_se``. Each grid must be a stage-2 result
 (or a single-stage one): the rows are its selected candidates. ``--retrained`` takes results of
 ``benchmarks/budget_curve.py`` (matched to a grid by model and k) whose largest budget
-retrained every architecture the grid selected, with the grid's recipes: that budget's rows replace the grid's for
-that (model, k) (the third stage of the same procedure: the selected recipes retrained at a
-larger budget, reported on the same test half).
+retrained every architecture the grid selected, with the grid's recipes: that budget's rows
+replace the grid's for that (model, k) (the third stage of the same procedure: the selected
+recipes retrained at a larger budget, reported on the same test half), unless a selected recipe
+measures worse on test there than at the grid's budget by more than 2 SE (``degraded_layers``):
+that recipe is then no longer a tuned one, the grid's rows stay, and the source records the
+figures.
 
 The targets, per (model, k): the MxD's test ΔCE at most 0.4× the TopK transcoder's and 0.5×
 the skip transcoder's, each difference more than 3 paired SE; the MxD's dead fraction at most
 25 %; its probe F1 at least the TopK transcoder's − 0.03; every layer trained on at least 16M
-tokens. Every (model, k) of ``--models`` ×
-``--ks`` that no grid covers is listed under ``missing``.
+tokens. Every (model, k) of ``--models`` × ``--ks`` that no grid covers is listed under
+``missing``.
 
 ``--candidates_out`` lists every candidate of every grid and of the stage 1 it came from
 (architecture, k, start, lr, schedule, tokens, validation and test ΔCE ± SE, dead fraction,
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,6 +44,7 @@ from benchmarks.common import write_result
 
 RATIO_TARGETS = {"topk_transcoder": 0.4, "topk_skip_transcoder": 0.5}
 BUDGET_TARGET = 16_000_000  # tokens per layer
+DEGRADED_Z = 2.0  # a retrained recipe this many SE worse than at the grid's budget is not used
 ROW_FIELDS = ("l0", "nmse", "kl", "kl_se", "dead_fraction")
 SPECIALISATION = ("probe_f1", "probe_f1_se", "top_share", "effective_experts")
 RECIPE = ("architecture", "k", "start", "lr")
@@ -106,6 +111,27 @@ def retrained_section(grid: dict[str, Any], budget: dict[str, Any]) -> dict[str,
     ]
     k = rows[0]["k"]
     return {"rows": rows, "comparisons": [{"k": k, **c} for c in point["comparisons"]]}
+
+
+def degraded_layers(grid: dict[str, Any], budget: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The selected recipes whose test ΔCE at the budget's largest point is worse than at the
+    grid's budget by more than ``DEGRADED_Z`` SE: there the recipe chosen at the grid's budget is
+    no longer tuned, and a comparison against it would measure an untuned layer. The two runs
+    are separate, so their SEs add in quadrature (same test sequences: conservative)."""
+    point = max(budget["points"], key=lambda p: p["tokens"])
+    out = {}
+    for name, row in point["layers"].items():
+        before, after = grid["candidates"][name]["test"], row["test"]
+        z = (after["delta_ce"] - before["delta_ce"]) / math.hypot(
+            after["delta_ce_se"], before["delta_ce_se"]
+        )
+        if z > DEGRADED_Z:
+            out[name] = {
+                f"delta_ce_at_{grid['tokens']}": before["delta_ce"],
+                f"delta_ce_at_{point['tokens']}": after["delta_ce"],
+                "z": z,
+            }
+    return out
 
 
 def targets(section: dict[str, Any]) -> dict[str, Any]:
@@ -208,8 +234,13 @@ def main() -> None:
         ks = {row["k"] for row in section["rows"]}
         if len(ks) == 1 and (grid["model"], *ks) in budgets:
             budget_path, budget = budgets[(grid["model"], *ks)]
-            section = retrained_section(grid, budget)
-            source |= {"retrained": budget_path, "retrained_command": budget["command"]}
+            retrained = retrained_section(grid, budget)  # refuses other recipes first
+            degraded = degraded_layers(grid, budget)
+            if degraded:
+                source |= {"retrained_not_used": budget_path, "degraded": degraded}
+            else:
+                section = retrained
+                source |= {"retrained": budget_path, "retrained_command": budget["command"]}
         per_model = results.setdefault(
             grid["model"],
             {"layer": grid["layer"], "tokens_per_k": {}, "rows": [], "comparisons": []},

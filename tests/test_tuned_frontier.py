@@ -9,7 +9,13 @@ import copy
 import pytest
 
 from benchmarks.budget_curve import selected_recipes
-from benchmarks.tuned_frontier import candidate_rows, grid_section, retrained_section, targets
+from benchmarks.tuned_frontier import (
+    candidate_rows,
+    degraded_layers,
+    grid_section,
+    retrained_section,
+    targets,
+)
 
 SPLIT = {"delta_ce": 0.0, "delta_ce_se": 0.0001, "kl": 0.0, "kl_se": 0.0, "nmse": 0.0, "l0": 8.0}
 
@@ -133,6 +139,22 @@ def test_a_retrained_budget_replaces_the_grid_rows_with_the_same_recipes():
     section = retrained_section(GRID, budget_with(retrained))
     budget = targets(section)["tiny-gelu-k8"]["tokens_at_least_16000000"]
     assert budget == {"tokens": 8_000_000, "met": False}
+
+
+def test_a_budget_that_makes_a_selected_recipe_worse_is_flagged_by_its_noise():
+    retrained = {
+        name: {**GRID["candidates"][name], "tokens": 16_000_000}
+        for name in ("mxd-a", "tc-a", "skip-a")
+    }
+    assert degraded_layers(GRID, budget_with(retrained)) == {}  # level: kept
+    worse = copy.deepcopy(retrained)
+    worse["tc-a"]["test"]["delta_ce"] = 0.0105  # +0.0005 at SE 0.0001 each: 3.5 SE
+    worse["skip-a"]["test"]["delta_ce"] = 0.0092  # +0.0002: 1.4 SE, within noise
+    worse["mxd-a"]["test"]["delta_ce"] = 0.001  # better: never flagged
+    flagged = degraded_layers(GRID, budget_with(worse))
+    assert list(flagged) == ["tc-a"]
+    assert flagged["tc-a"]["z"] == pytest.approx(0.0005 / (2**0.5 * 0.0001))
+    assert flagged["tc-a"]["delta_ce_at_2000000"] == 0.010
 
 
 def test_a_retrained_budget_must_cover_every_selected_recipe_and_no_other():

@@ -236,11 +236,12 @@ def main() -> None:
             budget_path, budget = budgets[(grid["model"], *ks)]
             retrained = retrained_section(grid, budget)  # refuses other recipes first
             degraded = degraded_layers(grid, budget)
+            source |= {"retrained_command": budget["command"]}
             if degraded:
                 source |= {"retrained_not_used": budget_path, "degraded": degraded}
             else:
                 section = retrained
-                source |= {"retrained": budget_path, "retrained_command": budget["command"]}
+                source |= {"retrained": budget_path}
         per_model = results.setdefault(
             grid["model"],
             {"layer": grid["layer"], "tokens_per_k": {}, "rows": [], "comparisons": []},

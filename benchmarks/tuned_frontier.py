@@ -90,10 +90,15 @@ def grid_section(grid: dict[str, Any]) -> dict[str, Any]:
     return {"rows": rows, "comparisons": grid["comparisons"]}
 
 
+def largest_point(budget: dict[str, Any]) -> dict[str, Any]:
+    """A budget curve's point with the most tokens: the one that may stand in for the grid's."""
+    return max(budget["points"], key=lambda p: p["tokens"])
+
+
 def retrained_section(grid: dict[str, Any], budget: dict[str, Any]) -> dict[str, Any]:
     """The grid's selected recipes at the budget curve's largest budget, in the grid's place.
     Refused unless that budget retrained exactly the recipes the grid selected."""
-    point = max(budget["points"], key=lambda p: p["tokens"])
+    point = largest_point(budget)
     layers = point["layers"]
     selected = {choice["name"]: choice for choice in grid["selected"].values()}
     if set(layers) != set(selected):
@@ -118,7 +123,7 @@ def degraded_layers(grid: dict[str, Any], budget: dict[str, Any]) -> dict[str, d
     grid's budget by more than ``DEGRADED_Z`` SE: there the recipe chosen at the grid's budget is
     no longer tuned, and a comparison against it would measure an untuned layer. The two runs
     are separate, so their SEs add in quadrature (same test sequences: conservative)."""
-    point = max(budget["points"], key=lambda p: p["tokens"])
+    point = largest_point(budget)
     out = {}
     for name, row in point["layers"].items():
         before, after = grid["candidates"][name]["test"], row["test"]

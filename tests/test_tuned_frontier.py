@@ -126,11 +126,16 @@ def budget_with(layers: dict) -> dict:
     return {"model": "tiny-gelu", "k": 8, "points": [small, point]}
 
 
-def test_a_retrained_budget_replaces_the_grid_rows_with_the_same_recipes():
-    retrained = {
-        name: {**GRID["candidates"][name], "tokens": 16_000_000}
+def retrained_at_16m() -> dict:
+    """The grid's three selected candidates, as if retrained unchanged at 16M tokens."""
+    return {
+        name: {**copy.deepcopy(GRID["candidates"][name]), "tokens": 16_000_000}
         for name in ("mxd-a", "tc-a", "skip-a")
     }
+
+
+def test_a_retrained_budget_replaces_the_grid_rows_with_the_same_recipes():
+    retrained = retrained_at_16m()
     section = retrained_section(GRID, budget_with(retrained))
     assert {row["tokens"] for row in section["rows"]} == {16_000_000}
     assert {row["selected_at_tokens"] for row in section["rows"]} == {2_000_000}
@@ -142,12 +147,8 @@ def test_a_retrained_budget_replaces_the_grid_rows_with_the_same_recipes():
 
 
 def test_a_budget_that_makes_a_selected_recipe_worse_is_flagged_by_its_noise():
-    retrained = {
-        name: {**GRID["candidates"][name], "tokens": 16_000_000}
-        for name in ("mxd-a", "tc-a", "skip-a")
-    }
-    assert degraded_layers(GRID, budget_with(retrained)) == {}  # level: kept
-    worse = copy.deepcopy(retrained)
+    assert degraded_layers(GRID, budget_with(retrained_at_16m())) == {}  # level: kept
+    worse = retrained_at_16m()
     worse["tc-a"]["test"]["delta_ce"] = 0.0105  # +0.0005 at SE 0.0001 each: 3.5 SE
     worse["skip-a"]["test"]["delta_ce"] = 0.0092  # +0.0002: 1.4 SE, within noise
     worse["mxd-a"]["test"]["delta_ce"] = 0.001  # better: never flagged

@@ -16,6 +16,11 @@ The result is written after every budget, so a stopped run keeps the budgets it 
 layer already trained in ``--work_dir`` is evaluated again, not retrained, so a second run over
 the same folder with more ``--architectures`` trains only the new ones and compares them all on
 the same tokens (without the MxD among them, a run trains and measures with no comparison).
+
+``--lr_step_down`` trains, instead of each selected recipe, the same start at the next lower
+rate of the grid's ``lr_grid``: a recipe chosen at 2M tokens can be too fast for a run eight
+times longer, and ``benchmarks/tuned_frontier.py`` re-selects each architecture at the reported
+budget among the selected recipe and this one, on validation under the grid's floor.
 """
 
 from __future__ import annotations
@@ -54,6 +59,25 @@ def selected_recipes(
             )
         name = grid_result["selected"][key]["name"]
         out[name] = {field: grid_result["candidates"][name][field] for field in RECIPE_KEYS}
+    return out
+
+
+def stepped_down(
+    recipes: dict[str, dict[str, Any]], lr_grid: list[float]
+) -> dict[str, dict[str, Any]]:
+    """Each recipe at the next lower rate of ``lr_grid``, named as the grid names its candidates."""
+    rates = sorted(lr_grid)
+    out = {}
+    for recipe in recipes.values():
+        lower = [lr for lr in rates if lr < recipe["lr"] * (1 - 1e-9)]
+        if not lower:
+            raise SystemExit(
+                f"{recipe['architecture']} k={recipe['k']} already uses the grid's lowest rate "
+                f"{recipe['lr']:g}; --lr_step_down has no lower rate in {rates}"
+            )
+        stepped = {**recipe, "lr": lower[-1]}
+        name = f"{recipe['architecture']}-k{recipe['k']}-{recipe['start']}-lr{lower[-1]:g}"
+        out[name] = stepped
     return out
 
 
@@ -112,6 +136,11 @@ def main() -> None:
     parser.add_argument("--k", type=int, required=True)
     parser.add_argument("--architectures", nargs="+", default=["mxd", "topk_transcoder"])
     parser.add_argument("--budgets", nargs="+", type=int, required=True, help="tokens per layer")
+    parser.add_argument(
+        "--lr_step_down",
+        action="store_true",
+        help="train each selected start at the next lower rate of the grid's lr_grid instead",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--eval_chunk", type=int, default=3, help="layers per splice pass")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -122,6 +151,8 @@ def main() -> None:
     torch.set_num_threads(opts.threads)
     grid_result = json.loads(Path(opts.grid).read_text())
     recipes = selected_recipes(grid_result, opts.k, opts.architectures)
+    if opts.lr_step_down:
+        recipes = stepped_down(recipes, grid_result["lr_grid"])
     opts.model = grid_result["model"]
     opts.balance_rate, opts.balance_mode = grid.balance_of(grid_result)
     model = zoo.load(opts.model, device=opts.device)
@@ -138,6 +169,7 @@ def main() -> None:
                 "k": opts.k,
                 "grid": opts.grid,
                 "recipes": recipes,
+                "lr_step_down": opts.lr_step_down,
                 "balance": {"rate": opts.balance_rate, "mode": opts.balance_mode},
                 "train_split_tokens": opts.train_split_tokens,
                 "points": sorted(points, key=lambda p: p["tokens"]),

@@ -4,20 +4,24 @@ row; and every candidate the grids trained, both stages, in one list.
 
     python benchmarks/tuned_frontier.py --grids benchmarks/results/grid_tiny-gelu_k32.json \\
         benchmarks/results/grid_tiny-gated_k64.json \\
-        --retrained benchmarks/results/budget_16m.json \\
+        --retrained benchmarks/results/budget_16m.json benchmarks/results/budget_16m_lr_down.json \\
         --out benchmarks/results/frontier.json --candidates_out benchmarks/results/grid.json
 
 ``--out`` has the shape of ``frontier_lr_only.json`` (per model: its layer, rows and paired
 comparisons), each row also with its ``tokens``, ``lr_grid``, ``selected_on`` ("validation"),
 ``reported_on`` ("test"), ``probe_f1`` and ``probe_f1_se``. Each grid must be a stage-2 result
 (or a single-stage one): the rows are its selected candidates. ``--retrained`` takes results of
-``benchmarks/budget_curve.py`` (matched to a grid by model and k) whose largest budget
-retrained every architecture the grid selected, with the grid's recipes: that budget's rows
-replace the grid's for that (model, k) (the third stage of the same procedure: the selected
-recipes retrained at a larger budget, reported on the same test half), unless a selected recipe
-measures worse on test there than at the grid's budget by more than 2 SE (``degraded_layers``):
-that recipe is then no longer a tuned one, the grid's rows stay, and the source records the
-figures.
+``benchmarks/budget_curve.py`` (matched to a grid by model and k; several for one (model, k) are
+merged at their largest budget, which they must share). They must retrain every recipe the grid
+selected, and may add each selected start one rate lower (``budget_curve.py --lr_step_down``).
+That budget's rows replace the grid's for that (model, k), reported on the same test half: the
+selected recipes themselves, or, where lowered rates were trained, each architecture selected
+again among its two recipes at this budget by the grid's own rule (a recipe chosen at 2M tokens
+may be too fast for a run eight times longer). A comparison of two layers from different runs
+adds their SEs in quadrature (``paired``: false). The grid's rows stay instead if a retrained
+row measures worse on test than its architecture's selected row at the grid's budget by more
+than 2 SE (``degraded_layers``): the longer run then gave no tuned layer, and the source records
+the figures.
 
 The targets, per (model, k): the MxD's test ΔCE at most 0.4× the TopK transcoder's and 0.5×
 the skip transcoder's, each difference more than 3 paired SE; the MxD's dead fraction at most
@@ -25,8 +29,8 @@ the skip transcoder's, each difference more than 3 paired SE; the MxD's dead fra
 tokens. Every (model, k) of ``--models`` × ``--ks`` that no grid covers is listed under
 ``missing``.
 
-``--candidates_out`` lists every candidate of every grid and of the stage 1 it came from
-(architecture, k, start, lr, schedule, tokens, validation and test ΔCE ± SE, dead fraction,
+``--candidates_out`` lists every candidate of every grid, of the stage 1 it came from and of
+its retrained budget (stage 3, ``selected`` where chosen at that budget) (architecture, k, start, lr, schedule, tokens, validation and test ΔCE ± SE, dead fraction,
 probe F1 ± SE, whether it was selected, the file that measured it) and each file's command.
 """
 
@@ -41,6 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.common import write_result
+from benchmarks.grid import probe_floor, select
 
 RATIO_TARGETS = {"topk_transcoder": 0.4, "topk_skip_transcoder": 0.5}
 BUDGET_TARGET = 16_000_000  # tokens per layer
@@ -95,45 +100,131 @@ def largest_point(budget: dict[str, Any]) -> dict[str, Any]:
     return max(budget["points"], key=lambda p: p["tokens"])
 
 
-def retrained_section(grid: dict[str, Any], budget: dict[str, Any]) -> dict[str, Any]:
-    """The grid's selected recipes at the budget curve's largest budget, in the grid's place.
-    Refused unless that budget retrained exactly the recipes the grid selected."""
-    point = largest_point(budget)
+def merged_point(budgets: list[dict[str, Any]]) -> dict[str, Any]:
+    """The largest points of one (model, k)'s budget curves, which must share their budget, as
+    one point: the selected recipes' run and, where made, the ``--lr_step_down`` run."""
+    points = [largest_point(budget) for budget in budgets]
+    if len({point["tokens"] for point in points}) != 1:
+        raise SystemExit(
+            f"the retrained results of {budgets[0]['model']} k = {budgets[0]['k']} end at "
+            f"{sorted(p['tokens'] for p in points)} tokens: give runs of one budget"
+        )
+    layers: dict[str, Any] = {}
+    comparisons: list[dict[str, Any]] = []
+    for point in points:
+        twice = set(layers) & set(point["layers"])
+        if twice:
+            raise SystemExit(f"{sorted(twice)} retrained in two results: give each once")
+        layers |= point["layers"]
+        comparisons += [{**c, "paired": True} for c in point["comparisons"]]
+    return {"tokens": points[0]["tokens"], "layers": layers, "comparisons": comparisons}
+
+
+def floor_of(grid: dict[str, Any]) -> tuple[float, float]:
+    """The grid's readability floor as (max dead fraction, probe margin), recovered from the
+    floor it recorded and the TopK transcoder's best live probe F1 among its candidates."""
+    floor = next(iter(grid["selected"].values()))["floor"]
+    best = probe_floor(grid["candidates"], floor["max_dead"], 0.0)
+    return floor["max_dead"], best - floor["min_probe_f1"]
+
+
+def unpaired_comparison(k: int, a: str, row_a: dict, b: str, row_b: dict) -> dict[str, Any]:
+    """a against b from two runs' summaries: the SEs add in quadrature. Both were spliced on
+    the same test sequences, whose losses they share, so this is wider than the paired SE."""
+    out: dict[str, Any] = {"k": k, "a": a, "b": b, "paired": False}
+    for metric in ("delta_ce", "kl"):
+        value_a, value_b = row_a["test"][metric], row_b["test"][metric]
+        se_a, se_b = row_a["test"][f"{metric}_se"], row_b["test"][f"{metric}_se"]
+        diff_se = math.hypot(se_a, se_b)
+        ratio = value_a / value_b
+        out |= {
+            f"{metric}_a": value_a,
+            f"{metric}_b": value_b,
+            f"{metric}_diff": value_a - value_b,
+            f"{metric}_diff_se": diff_se,
+            f"{metric}_z": (value_a - value_b) / diff_se,
+            f"{metric}_ratio": ratio,
+            f"{metric}_ratio_se": abs(ratio) * math.hypot(se_a / value_a, se_b / value_b),
+        }
+    out["probe_f1_diff"] = row_a["probe_f1"] - row_b["probe_f1"]
+    out["probe_f1_diff_se"] = math.hypot(row_a["probe_f1_se"], row_b["probe_f1_se"])
+    return out
+
+
+def retrained_section(grid: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]:
+    """The grid's selection at a retrained (merged) point's budget, in the grid's place.
+
+    The point must hold every recipe the grid selected, and may hold each selected start at
+    other rates of the grid's ``lr_grid``. With only the selected recipes, they are the rows.
+    With more, each architecture is selected again among its recipes at this budget by the
+    grid's own rule (lowest validation ΔCE under the readability floor, the floor recomputed
+    from this budget's TopK transcoders): tuned at the budget it is reported at."""
     layers = point["layers"]
     selected = {choice["name"]: choice for choice in grid["selected"].values()}
-    if set(layers) != set(selected):
+    if not set(selected) <= set(layers):
         raise SystemExit(
-            f"{grid['model']} k = {budget['k']} at {point['tokens']:,} tokens retrained {sorted(layers)}, "
-            f"but the grid selected {sorted(selected)}: retrain every selected recipe"
+            f"{grid['model']} at {point['tokens']:,} tokens retrained {sorted(layers)}, but the "
+            f"grid selected {sorted(selected)}: retrain every selected recipe"
         )
-    for name, row in layers.items():
-        if any(row[key] != grid["candidates"][name][key] for key in RECIPE):
+    for name in selected:
+        if any(layers[name][key] != grid["candidates"][name][key] for key in RECIPE):
             raise SystemExit(f"{name}: the retrained recipe differs from the grid's")
-    stage2_tokens = grid["tokens"]
-    rows = [
-        frontier_row(name, row, grid, {**selected[name], "selected_at_tokens": stage2_tokens})
-        for name, row in layers.items()
-    ]
+    starts = {
+        tuple(grid["candidates"][n][key] for key in ("architecture", "k", "start"))
+        for n in selected
+    }
+    for name, row in layers.items():
+        same_start = (row["architecture"], row["k"], row["start"]) in starts
+        if name not in selected and not (same_start and row["lr"] in grid["lr_grid"]):
+            raise SystemExit(
+                f"{name}: not a selected recipe nor a selected start at a rate of the grid's "
+                f"lr_grid {grid['lr_grid']}"
+            )
+    if set(layers) == set(selected):
+        choices = {
+            name: {**selected[name], "selected_at_tokens": grid["tokens"]} for name in layers
+        }
+    else:
+        max_dead, margin = floor_of(grid)
+        choices = {
+            choice["name"]: {**choice, "selected_at_tokens": point["tokens"]}
+            for choice in select(layers, max_dead, margin).values()
+        }
+    rows = [frontier_row(name, layers[name], grid, choice) for name, choice in choices.items()]
     k = rows[0]["k"]
-    return {"rows": rows, "comparisons": [{"k": k, **c} for c in point["comparisons"]]}
+    mxd = next(row["name"] for row in rows if row["architecture"] == "mxd")
+    paired = {(c["a"], c["b"]): c for c in point["comparisons"]}
+    comparisons = [
+        {"k": k, **paired[(mxd, row["name"])]}
+        if (mxd, row["name"]) in paired
+        else unpaired_comparison(k, mxd, layers[mxd], row["name"], layers[row["name"]])
+        for row in rows
+        if row["name"] != mxd
+    ]
+    return {"rows": rows, "comparisons": comparisons}
 
 
-def degraded_layers(grid: dict[str, Any], budget: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """The selected recipes whose test ΔCE at the budget's largest point is worse than at the
-    grid's budget by more than ``DEGRADED_Z`` SE: there the recipe chosen at the grid's budget is
-    no longer tuned, and a comparison against it would measure an untuned layer. The two runs
-    are separate, so their SEs add in quadrature (same test sequences: conservative)."""
-    point = largest_point(budget)
+def degraded_layers(grid: dict[str, Any], section: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The retrained rows whose test ΔCE is worse than their architecture's selected row at the
+    grid's budget by more than ``DEGRADED_Z`` SE: the longer run then did not produce a tuned
+    layer, and a comparison against it would measure an untuned one. The two runs are separate,
+    so their SEs add in quadrature (same test sequences: conservative)."""
+    before_of = {
+        grid["candidates"][choice["name"]]["architecture"]: choice["name"]
+        for choice in grid["selected"].values()
+    }
     out = {}
-    for name, row in point["layers"].items():
-        before, after = grid["candidates"][name]["test"], row["test"]
-        z = (after["delta_ce"] - before["delta_ce"]) / math.hypot(
-            after["delta_ce_se"], before["delta_ce_se"]
+    for row in section["rows"]:
+        before_name = before_of[row["architecture"]]
+        before = grid["candidates"][before_name]["test"]
+        z = (row["delta_ce"] - before["delta_ce"]) / math.hypot(
+            row["delta_ce_se"], before["delta_ce_se"]
         )
         if z > DEGRADED_Z:
-            out[name] = {
+            out[row["name"]] = {
+                "compared_with": before_name,
                 f"delta_ce_at_{grid['tokens']}": before["delta_ce"],
-                f"delta_ce_at_{point['tokens']}": after["delta_ce"],
+                f"delta_ce_at_{row['tokens']}": row["delta_ce"],
                 "z": z,
             }
     return out
@@ -180,11 +271,21 @@ def targets(section: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def candidate_rows(grid: dict[str, Any], path: str) -> list[dict[str, Any]]:
-    """Every candidate of a grid and of its stage 1, one flat row each."""
+def candidate_rows(
+    grid: dict[str, Any], path: str, retrained: tuple[dict, dict, str] | None = None
+) -> list[dict[str, Any]]:
+    """Every candidate of a grid and of its stage 1, one flat row each; with ``retrained``
+    (a merged point, the section made from it, its files) also each layer retrained at the
+    larger budget, as stage 3, selected where the section chose it."""
     stages = [(2 if "stage1" in grid else 1, grid, path)]
     if "stage1" in grid:
         stages.insert(0, (1, grid["stage1"], grid["stage1"]["from"]))
+    if retrained is not None:
+        point, section, files = retrained
+        chosen = {
+            f"{row['architecture']}-k{row['k']}": {"name": row["name"]} for row in section["rows"]
+        }
+        stages.append((3, {"candidates": point["layers"], "selected": chosen}, files))
     out = []
     for stage, result, source in stages:
         chosen = {choice["name"] for choice in result["selected"].values()}
@@ -226,27 +327,32 @@ def main() -> None:
     parser.add_argument("--candidates_out", default=None)
     opts = parser.parse_args()
     grids = {path: json.loads(Path(path).read_text()) for path in opts.grids}
-    budgets = {}
+    budgets: dict[tuple[str, int], list[tuple[str, dict[str, Any]]]] = {}
     for path in opts.retrained:
         budget = json.loads(Path(path).read_text())
-        budgets[(budget["model"], budget["k"])] = (path, budget)
+        budgets.setdefault((budget["model"], budget["k"]), []).append((path, budget))
 
     results: dict[str, Any] = {}
     checked, sources = {}, {}
+    retrained_of: dict[str, tuple[dict, dict, str]] = {}
     for path, grid in grids.items():
         source = {"file": path, "command": grid["command"], "torch": grid["torch"]}
         section = grid_section(grid)
         ks = {row["k"] for row in section["rows"]}
         if len(ks) == 1 and (grid["model"], *ks) in budgets:
-            budget_path, budget = budgets[(grid["model"], *ks)]
-            retrained = retrained_section(grid, budget)  # refuses other recipes first
-            degraded = degraded_layers(grid, budget)
-            source |= {"retrained_command": budget["command"]}
+            runs = budgets[(grid["model"], *ks)]
+            point = merged_point([budget for _, budget in runs])
+            retrained = retrained_section(grid, point)  # refuses other recipes first
+            retrained_of[path] = (point, retrained, " ".join(p for p, _ in runs))
+            degraded = degraded_layers(grid, retrained)
+            source |= {"retrained_commands": [budget["command"] for _, budget in runs]}
+            if len(point["layers"]) > len(retrained["rows"]):
+                source |= {"reselected_among": sorted(point["layers"])}
             if degraded:
-                source |= {"retrained_not_used": budget_path, "degraded": degraded}
+                source |= {"retrained_not_used": [p for p, _ in runs], "degraded": degraded}
             else:
                 section = retrained
-                source |= {"retrained": budget_path}
+                source |= {"retrained": [p for p, _ in runs]}
         per_model = results.setdefault(
             grid["model"],
             {"layer": grid["layer"], "tokens_per_k": {}, "rows": [], "comparisons": []},
@@ -272,8 +378,13 @@ def main() -> None:
         opts.out, {"results": results, "targets": checked, "sources": sources, "missing": missing}
     )
     if opts.candidates_out:
-        every = [row for path, grid in grids.items() for row in candidate_rows(grid, path)]
+        every = [
+            row
+            for path, grid in grids.items()
+            for row in candidate_rows(grid, path, retrained_of.get(path))
+        ]
         commands = {path: grid["command"] for path, grid in grids.items()}
+        commands |= {path: budget["command"] for runs in budgets.values() for path, budget in runs}
         commands |= {
             g["stage1"]["from"]: g["stage1"]["command"] for g in grids.values() if "stage1" in g
         }

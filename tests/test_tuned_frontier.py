@@ -8,16 +8,17 @@ import copy
 
 import pytest
 
-from benchmarks.budget_curve import selected_recipes
+from benchmarks.budget_curve import selected_recipes, stepped_down
 from benchmarks.tuned_frontier import (
     candidate_rows,
     degraded_layers,
     grid_section,
+    merged_point,
     retrained_section,
     targets,
 )
 
-SPLIT = {"delta_ce": 0.0, "delta_ce_se": 0.0001, "kl": 0.0, "kl_se": 0.0, "nmse": 0.0, "l0": 8.0}
+SPLIT = {"delta_ce": 0.0, "delta_ce_se": 0.0001, "kl": 0.01, "kl_se": 0.001, "nmse": 0.1, "l0": 8.0}
 
 
 def candidate(architecture: str, test_ce: float, dead: float, lr: float = 3e-3) -> dict:
@@ -113,13 +114,14 @@ def test_each_target_is_checked_against_its_bound_and_its_noise():
     ]
 
 
-def budget_with(layers: dict) -> dict:
+def budget_with(layers: dict, pairs=(("mxd-a", "tc-a"), ("mxd-a", "skip-a"))) -> dict:
     point = {
         "tokens": 16_000_000,
         "layers": layers,
         "comparisons": [
             {k: v for k, v in comparison(a, b, 0.2, -20.0).items() if k != "k"}
-            for a, b in (("mxd-a", "tc-a"), ("mxd-a", "skip-a"))
+            for a, b in pairs
+            if a in layers and b in layers
         ],
     }
     small = {**point, "tokens": 500_000, "layers": {}}
@@ -136,23 +138,26 @@ def retrained_at_16m() -> dict:
 
 def test_a_retrained_budget_replaces_the_grid_rows_with_the_same_recipes():
     retrained = retrained_at_16m()
-    section = retrained_section(GRID, budget_with(retrained))
+    section = retrained_section(GRID, merged_point([budget_with(retrained)]))
     assert {row["tokens"] for row in section["rows"]} == {16_000_000}
     assert {row["selected_at_tokens"] for row in section["rows"]} == {2_000_000}
     assert targets(section)["tiny-gelu-k8"]["all_met"]  # the retrained comparisons count
     retrained["tc-a"]["tokens"] = 8_000_000  # the budget is the least-trained layer's
-    section = retrained_section(GRID, budget_with(retrained))
+    section = retrained_section(GRID, merged_point([budget_with(retrained)]))
     budget = targets(section)["tiny-gelu-k8"]["tokens_at_least_16000000"]
     assert budget == {"tokens": 8_000_000, "met": False}
 
 
 def test_a_budget_that_makes_a_selected_recipe_worse_is_flagged_by_its_noise():
-    assert degraded_layers(GRID, budget_with(retrained_at_16m())) == {}  # level: kept
+    def flagged_in(layers: dict) -> dict:
+        return degraded_layers(GRID, retrained_section(GRID, merged_point([budget_with(layers)])))
+
+    assert flagged_in(retrained_at_16m()) == {}  # level: kept
     worse = retrained_at_16m()
     worse["tc-a"]["test"]["delta_ce"] = 0.0105  # +0.0005 at SE 0.0001 each: 3.5 SE
     worse["skip-a"]["test"]["delta_ce"] = 0.0092  # +0.0002: 1.4 SE, within noise
     worse["mxd-a"]["test"]["delta_ce"] = 0.001  # better: never flagged
-    flagged = degraded_layers(GRID, budget_with(worse))
+    flagged = flagged_in(worse)
     assert list(flagged) == ["tc-a"]
     assert flagged["tc-a"]["z"] == pytest.approx(0.0005 / (2**0.5 * 0.0001))
     assert flagged["tc-a"]["delta_ce_at_2000000"] == 0.010
@@ -161,11 +166,11 @@ def test_a_budget_that_makes_a_selected_recipe_worse_is_flagged_by_its_noise():
 def test_a_retrained_budget_must_cover_every_selected_recipe_and_no_other():
     partial = {name: GRID["candidates"][name] for name in ("mxd-a", "tc-a")}
     with pytest.raises(SystemExit, match="retrain every selected recipe"):
-        retrained_section(GRID, budget_with(partial))
+        retrained_section(GRID, merged_point([budget_with(partial)]))
     changed = {name: dict(GRID["candidates"][name]) for name in ("mxd-a", "tc-a", "skip-a")}
     changed["mxd-a"]["lr"] = 1e-2
     with pytest.raises(SystemExit, match="differs from the grid's"):
-        retrained_section(GRID, budget_with(changed))
+        retrained_section(GRID, merged_point([budget_with(changed)]))
 
 
 def test_every_candidate_of_both_stages_is_listed_with_its_selection():
@@ -183,3 +188,106 @@ def test_the_budget_curve_refuses_an_architecture_the_grid_did_not_select():
     assert set(recipes) == {"mxd-a", "tc-a"} and recipes["mxd-a"]["lr"] == 3e-3
     with pytest.raises(SystemExit, match="selected no mxd-k16"):
         selected_recipes(GRID, 16, ["mxd"])
+
+
+def stepped_down_at_16m(**changes: dict) -> dict:
+    """The selected starts one rate lower (3e-3 → 1e-3), as a second run at 16M tokens."""
+    layers = {}
+    for name in ("mxd-a", "tc-a", "skip-a"):
+        row = {**copy.deepcopy(GRID["candidates"][name]), "tokens": 16_000_000, "lr": 1e-3}
+        for split, fields in changes.get(name, {}).items():
+            row[split] = {**row[split], **fields} if isinstance(fields, dict) else fields
+        layers[f"{name}-lr0.001"] = row
+    pairs = (("mxd-a-lr0.001", "tc-a-lr0.001"), ("mxd-a-lr0.001", "skip-a-lr0.001"))
+    return budget_with(layers, pairs)
+
+
+def test_each_architecture_is_selected_again_at_the_retrained_budget_on_validation():
+    slower = stepped_down_at_16m(
+        **{
+            "tc-a": {"validation": {"delta_ce": 0.005}, "test": {"delta_ce": 0.006}},
+            "mxd-a": {"validation": {"delta_ce": 0.01, "dead_fraction": 0.3}},  # too many dead
+            "skip-a": {"validation": {"delta_ce": 0.02}},  # slower and worse: not chosen
+        }
+    )
+    point = merged_point([budget_with(retrained_at_16m()), slower])
+    section = retrained_section(GRID, point)
+    by_architecture = {row["architecture"]: row for row in section["rows"]}
+    assert by_architecture["topk_transcoder"]["name"] == "tc-a-lr0.001"
+    assert by_architecture["mxd"]["name"] == "mxd-a"  # the MxD's 16M run was not beaten...
+    assert by_architecture["topk_skip_transcoder"]["name"] == "skip-a"
+    assert {row["selected_at_tokens"] for row in section["rows"]} == {16_000_000}
+    # ...so it meets the rate-lowered transcoder across two runs: SEs in quadrature
+    (across,) = [c for c in section["comparisons"] if c["b"] == "tc-a-lr0.001"]
+    assert not across["paired"]
+    assert across["delta_ce_diff"] == pytest.approx(0.003 - 0.006)
+    assert across["delta_ce_diff_se"] == pytest.approx((2 * 0.0001**2) ** 0.5)
+    ratio_se = 0.5 * ((0.0001 / 0.003) ** 2 + (0.0001 / 0.006) ** 2) ** 0.5
+    assert across["delta_ce_ratio"] == pytest.approx(0.5)
+    assert across["delta_ce_ratio_se"] == pytest.approx(ratio_se)
+    (within,) = [c for c in section["comparisons"] if c["b"] == "skip-a"]
+    assert within["paired"] and within["delta_ce_ratio"] == 0.2  # the run's own comparison
+    checks = targets(section)["tiny-gelu-k8"]
+    assert not checks["ratio_to_topk_transcoder_at_most_0.4"]["met"]  # 0.5 > 0.4
+    assert checks["tokens_at_least_16000000"]["met"]
+
+
+def test_a_reselected_row_still_worse_than_at_the_grid_budget_is_flagged():
+    slower = stepped_down_at_16m(**{"tc-a": {"validation": {"delta_ce": 0.005}}})
+    worse = retrained_at_16m()
+    section = retrained_section(GRID, merged_point([budget_with(worse), slower]))
+    assert degraded_layers(GRID, section) == {}
+    slower = stepped_down_at_16m(
+        **{"tc-a": {"validation": {"delta_ce": 0.005}, "test": {"delta_ce": 0.0106}}}
+    )
+    section = retrained_section(GRID, merged_point([budget_with(worse), slower]))
+    flagged = degraded_layers(GRID, section)
+    assert list(flagged) == ["tc-a-lr0.001"] and flagged["tc-a-lr0.001"]["compared_with"] == "tc-a"
+
+
+def test_merging_refuses_mixed_budgets_repeats_and_other_starts():
+    at_16m = budget_with(retrained_at_16m())
+    at_8m = copy.deepcopy(stepped_down_at_16m())
+    at_8m["points"][-1]["tokens"] = 8_000_000
+    with pytest.raises(SystemExit, match="give runs of one budget"):
+        merged_point([at_16m, at_8m])
+    with pytest.raises(SystemExit, match="retrained in two results"):
+        merged_point([at_16m, budget_with(retrained_at_16m())])
+    other = stepped_down_at_16m()
+    other["points"][-1]["layers"]["tc-a-lr0.001"]["start"] = "balanced"
+    with pytest.raises(SystemExit, match="not a selected recipe"):
+        retrained_section(GRID, merged_point([at_16m, other]))
+
+
+def test_the_retrained_layers_are_listed_as_a_third_stage_with_the_budget_s_choice():
+    slower = stepped_down_at_16m(
+        **{
+            "tc-a": {"validation": {"delta_ce": 0.005}},
+            "mxd-a": {"validation": {"delta_ce": 0.004}},
+            "skip-a": {"validation": {"delta_ce": 0.02}},
+        }
+    )
+    point = merged_point([budget_with(retrained_at_16m()), slower])
+    section = retrained_section(GRID, point)
+    rows = candidate_rows(GRID, "grid.json", (point, section, "a.json b.json"))
+    third = {row["name"]: row for row in rows if row["stage"] == 3}
+    assert set(third) == set(point["layers"]) and len(rows) == 5 + 6
+    chosen = {name for name, row in third.items() if row["selected"]}
+    assert chosen == {"mxd-a", "tc-a-lr0.001", "skip-a"}
+    assert third["tc-a-lr0.001"]["tokens"] == 16_000_000
+    assert third["tc-a"]["source"] == "a.json b.json"
+
+
+def test_the_budget_curve_steps_each_selected_start_down_one_rate():
+    recipes = stepped_down(selected_recipes(GRID, 8, ["mxd", "topk_transcoder"]), GRID["lr_grid"])
+    assert recipes == {
+        "mxd-k8-paper-lr0.001": {"architecture": "mxd", "k": 8, "start": "paper", "lr": 1e-3},
+        "topk_transcoder-k8-paper-lr0.001": {
+            "architecture": "topk_transcoder",
+            "k": 8,
+            "start": "paper",
+            "lr": 1e-3,
+        },
+    }
+    with pytest.raises(SystemExit, match="already uses the grid's lowest rate"):
+        stepped_down(recipes, GRID["lr_grid"])

@@ -1,10 +1,11 @@
 """The tuned frontier: one row per (model, k, architecture), each the recipe that
 ``benchmarks/grid.py`` selected on validation, reported on test, with the targets checked row by
-row; and every candidate the grids trained, both stages, in one list.
+row; and every candidate the grids and the retrained budgets trained, in one list.
 
     python benchmarks/tuned_frontier.py --grids benchmarks/results/grid_tiny-gelu_k32.json \\
         benchmarks/results/grid_tiny-gated_k64.json \\
-        --retrained benchmarks/results/budget_16m.json benchmarks/results/budget_16m_lr_down.json \\
+        --retrained benchmarks/results/budget_16m.json \\
+        benchmarks/results/budget_tiny-gelu_k32_16m_lr_down.json \\
         --out benchmarks/results/frontier.json --candidates_out benchmarks/results/grid.json
 
 ``--out`` has the shape of ``frontier_lr_only.json`` (per model: its layer, rows and paired
@@ -29,9 +30,10 @@ the skip transcoder's, each difference more than 3 paired SE; the MxD's dead fra
 tokens. Every (model, k) of ``--models`` × ``--ks`` that no grid covers is listed under
 ``missing``.
 
-``--candidates_out`` lists every candidate of every grid, of the stage 1 it came from and of
-its retrained budget (stage 3, ``selected`` where chosen at that budget) (architecture, k, start, lr, schedule, tokens, validation and test ΔCE ± SE, dead fraction,
-probe F1 ± SE, whether it was selected, the file that measured it) and each file's command.
+``--candidates_out`` lists every candidate of every grid, of the stage 1 it came from and of its
+retrained budget (stage 3, ``selected`` where chosen at that budget): architecture, k, start,
+lr, schedule, tokens, validation and test ΔCE ± SE, dead fraction, probe F1 ± SE, whether it was
+selected and the file that measured it; and each file's command.
 """
 
 from __future__ import annotations

@@ -76,8 +76,7 @@ def stepped_down(
                 f"{recipe['lr']:g}; --lr_step_down has no lower rate in {rates}"
             )
         stepped = {**recipe, "lr": lower[-1]}
-        name = f"{recipe['architecture']}-k{recipe['k']}-{recipe['start']}-lr{lower[-1]:g}"
-        out[name] = stepped
+        out[grid.candidate_name(**{key: stepped[key] for key in RECIPE_KEYS})] = stepped
     return out
 
 

@@ -64,6 +64,11 @@ def admits(architecture: str, start: str, gated_mlp: bool) -> bool:
     return not (gated_mlp and start.startswith("mlp_encoder") and architecture != "mxd")
 
 
+def candidate_name(architecture: str, k: int, start: str, lr: float) -> str:
+    """How the grid names a recipe (the budget curve names its lowered rates the same way)."""
+    return f"{architecture}-k{k}-{start}-lr{lr:g}"
+
+
 def candidates(opts: argparse.Namespace, gated_mlp: bool = False) -> dict[str, dict[str, Any]]:
     """name → recipe: every architecture × k × start it admits × learning rate."""
     out = {}
@@ -71,7 +76,7 @@ def candidates(opts: argparse.Namespace, gated_mlp: bool = False) -> dict[str, d
         for k in opts.ks:
             for start in (s for s in opts.starts if admits(architecture, s, gated_mlp)):
                 for lr in opts.lrs:
-                    out[f"{architecture}-k{k}-{start}-lr{lr:g}"] = {
+                    out[candidate_name(architecture, k, start, lr)] = {
                         "architecture": architecture,
                         "k": k,
                         "start": start,

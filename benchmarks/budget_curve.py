@@ -21,6 +21,8 @@ the same tokens (without the MxD among them, a run trains and measures with no c
 rate of the grid's ``lr_grid``: a recipe chosen at 2M tokens can be too fast for a run eight
 times longer, and ``benchmarks/tuned_frontier.py`` re-selects each architecture at the reported
 budget among the selected recipe and this one, on validation under the grid's floor.
+``--with_lr_step_down`` trains both in one run, so every comparison among them is paired (a
+selected recipe already at the lowest rate is trained alone).
 """
 
 from __future__ import annotations
@@ -63,13 +65,16 @@ def selected_recipes(
 
 
 def stepped_down(
-    recipes: dict[str, dict[str, Any]], lr_grid: list[float]
+    recipes: dict[str, dict[str, Any]], lr_grid: list[float], skip_lowest: bool = False
 ) -> dict[str, dict[str, Any]]:
-    """Each recipe at the next lower rate of ``lr_grid``, named as the grid names its candidates."""
+    """Each recipe at the next lower rate of ``lr_grid``, named as the grid names its candidates;
+    one already at the lowest rate is refused, or left out with ``skip_lowest``."""
     rates = sorted(lr_grid)
     out = {}
     for recipe in recipes.values():
         lower = [lr for lr in rates if lr < recipe["lr"] * (1 - 1e-9)]
+        if not lower and skip_lowest:
+            continue
         if not lower:
             raise SystemExit(
                 f"{recipe['architecture']} k={recipe['k']} already uses the grid's lowest rate "
@@ -140,6 +145,11 @@ def main() -> None:
         action="store_true",
         help="train each selected start at the next lower rate of the grid's lr_grid instead",
     )
+    parser.add_argument(
+        "--with_lr_step_down",
+        action="store_true",
+        help="train each selected recipe and its start at the next lower rate, in one run",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--eval_chunk", type=int, default=3, help="layers per splice pass")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -150,8 +160,12 @@ def main() -> None:
     torch.set_num_threads(opts.threads)
     grid_result = json.loads(Path(opts.grid).read_text())
     recipes = selected_recipes(grid_result, opts.k, opts.architectures)
+    if opts.lr_step_down and opts.with_lr_step_down:
+        raise SystemExit("give --lr_step_down or --with_lr_step_down, not both")
     if opts.lr_step_down:
         recipes = stepped_down(recipes, grid_result["lr_grid"])
+    elif opts.with_lr_step_down:
+        recipes |= stepped_down(recipes, grid_result["lr_grid"], skip_lowest=True)
     opts.model = grid_result["model"]
     opts.balance_rate, opts.balance_mode = grid.balance_of(grid_result)
     model = zoo.load(opts.model, device=opts.device)
@@ -169,6 +183,7 @@ def main() -> None:
                 "grid": opts.grid,
                 "recipes": recipes,
                 "lr_step_down": opts.lr_step_down,
+                "with_lr_step_down": opts.with_lr_step_down,
                 "balance": {"rate": opts.balance_rate, "mode": opts.balance_mode},
                 "train_split_tokens": opts.train_split_tokens,
                 "points": sorted(points, key=lambda p: p["tokens"]),

@@ -291,3 +291,13 @@ def test_the_budget_curve_steps_each_selected_start_down_one_rate():
     }
     with pytest.raises(SystemExit, match="already uses the grid's lowest rate"):
         stepped_down(recipes, GRID["lr_grid"])
+
+
+def test_with_the_lowered_rates_a_recipe_at_the_lowest_rate_is_left_out_not_refused():
+    lowered = stepped_down(selected_recipes(GRID, 8, ["mxd", "topk_transcoder"]), GRID["lr_grid"])
+    mixed = lowered | {
+        "mxd-k8-paper-lr0.003": {"architecture": "mxd", "k": 8, "start": "paper", "lr": 3e-3}
+    }
+    assert stepped_down(mixed, GRID["lr_grid"], skip_lowest=True) == {
+        "mxd-k8-paper-lr0.001": {"architecture": "mxd", "k": 8, "start": "paper", "lr": 1e-3}
+    }

@@ -13,7 +13,8 @@ comparisons), each row also with its ``tokens``, ``lr_grid``, ``selected_on`` ("
 ``reported_on`` ("test"), ``probe_f1`` and ``probe_f1_se``. Each grid must be a stage-2 result
 (or a single-stage one): the rows are its selected candidates. ``--retrained`` takes results of
 ``benchmarks/budget_curve.py`` (matched to a grid by model and k; several for one (model, k) are
-merged at their largest budget, which they must share). They must retrain every recipe the grid
+merged at their largest budget; a result that ends at a smaller one is superseded and only
+listed under ``sources`` and in ``--candidates_out``). They must retrain every recipe the grid
 selected, and may add each selected start one rate lower (``budget_curve.py --lr_step_down``).
 That budget's rows replace the grid's for that (model, k), reported on the same test half: the
 selected recipes themselves, or, where lowered rates were trained, each architecture selected
@@ -100,6 +101,17 @@ def grid_section(grid: dict[str, Any]) -> dict[str, Any]:
 def largest_point(budget: dict[str, Any]) -> dict[str, Any]:
     """A budget curve's point with the most tokens: the one that may stand in for the grid's."""
     return max(budget["points"], key=lambda p: p["tokens"])
+
+
+def at_largest_budget(
+    runs: list[tuple[str, dict[str, Any]]],
+) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]:
+    """One (model, k)'s budget-curve results (path, result) split into those that end at the
+    largest budget among them, which stand in for the grid's rows, and the earlier ones, which
+    are only listed (a shorter run superseded by a longer one)."""
+    top = max(largest_point(budget)["tokens"] for _, budget in runs)
+    latest = [run for run in runs if largest_point(run[1])["tokens"] == top]
+    return latest, [run for run in runs if run not in latest]
 
 
 def merged_point(budgets: list[dict[str, Any]]) -> dict[str, Any]:
@@ -274,14 +286,21 @@ def targets(section: dict[str, Any]) -> dict[str, Any]:
 
 
 def candidate_rows(
-    grid: dict[str, Any], path: str, retrained: tuple[dict, dict, str] | None = None
+    grid: dict[str, Any],
+    path: str,
+    retrained: tuple[dict, dict, str] | None = None,
+    earlier: list[tuple[str, dict[str, Any]]] | None = None,
 ) -> list[dict[str, Any]]:
     """Every candidate of a grid and of its stage 1, one flat row each; with ``retrained``
     (a merged point, the section made from it, its files) also each layer retrained at the
-    larger budget, as stage 3, selected where the section chose it."""
+    larger budget, as stage 3, selected where the section chose it; and the layers of the
+    ``earlier`` (path, result) runs at smaller budgets, as stage 3, never selected."""
     stages = [(2 if "stage1" in grid else 1, grid, path)]
     if "stage1" in grid:
         stages.insert(0, (1, grid["stage1"], grid["stage1"]["from"]))
+    for earlier_path, budget in earlier or []:
+        layers = largest_point(budget)["layers"]
+        stages.append((3, {"candidates": layers, "selected": {}}, earlier_path))
     if retrained is not None:
         point, section, files = retrained
         chosen = {
@@ -337,17 +356,21 @@ def main() -> None:
     results: dict[str, Any] = {}
     checked, sources = {}, {}
     retrained_of: dict[str, tuple[dict, dict, str]] = {}
+    earlier_of: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for path, grid in grids.items():
         source = {"file": path, "command": grid["command"], "torch": grid["torch"]}
         section = grid_section(grid)
         ks = {row["k"] for row in section["rows"]}
         if len(ks) == 1 and (grid["model"], *ks) in budgets:
-            runs = budgets[(grid["model"], *ks)]
+            runs, earlier = at_largest_budget(budgets[(grid["model"], *ks)])
+            earlier_of[path] = earlier
             point = merged_point([budget for _, budget in runs])
             retrained = retrained_section(grid, point)  # refuses other recipes first
             retrained_of[path] = (point, retrained, " ".join(p for p, _ in runs))
             degraded = degraded_layers(grid, retrained)
             source |= {"retrained_commands": [budget["command"] for _, budget in runs]}
+            if earlier:
+                source |= {"superseded_by_the_larger_budget": [p for p, _ in earlier]}
             if len(point["layers"]) > len(retrained["rows"]):
                 source |= {"reselected_among": sorted(point["layers"])}
             if degraded:
@@ -383,7 +406,7 @@ def main() -> None:
         every = [
             row
             for path, grid in grids.items()
-            for row in candidate_rows(grid, path, retrained_of.get(path))
+            for row in candidate_rows(grid, path, retrained_of.get(path), earlier_of.get(path, []))
         ]
         commands = {path: grid["command"] for path, grid in grids.items()}
         commands |= {path: budget["command"] for runs in budgets.values() for path, budget in runs}

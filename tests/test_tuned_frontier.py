@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks.budget_curve import selected_recipes, stepped_down
 from benchmarks.tuned_frontier import (
+    at_largest_budget,
     candidate_rows,
     degraded_layers,
     grid_section,
@@ -301,3 +302,19 @@ def test_with_the_lowered_rates_a_recipe_at_the_lowest_rate_is_left_out_not_refu
     assert stepped_down(mixed, GRID["lr_grid"], skip_lowest=True) == {
         "mxd-k8-paper-lr0.001": {"architecture": "mxd", "k": 8, "start": "paper", "lr": 1e-3}
     }
+
+
+def test_a_shorter_run_is_superseded_by_the_longer_one_and_only_listed():
+    at_16m = budget_with(retrained_at_16m())
+    at_8m = copy.deepcopy(budget_with(retrained_at_16m()))
+    at_8m["points"][-1]["tokens"] = 8_000_000
+    latest, earlier = at_largest_budget([("a16.json", at_16m), ("a8.json", at_8m)])
+    assert [path for path, _ in latest] == ["a16.json"]
+    assert [path for path, _ in earlier] == ["a8.json"]
+    point = merged_point([budget for _, budget in latest])
+    section = retrained_section(GRID, point)
+    rows = candidate_rows(GRID, "grid.json", (point, section, "a16.json"), earlier)
+    third = [row for row in rows if row["stage"] == 3]
+    from_8m = [row for row in third if row["source"] == "a8.json"]
+    assert len(from_8m) == 3 and not any(row["selected"] for row in from_8m)
+    assert sum(row["selected"] for row in third if row["source"] == "a16.json") == 3

@@ -15,7 +15,8 @@ comparisons), each row also with its ``tokens``, ``lr_grid``, ``selected_on`` ("
 ``benchmarks/budget_curve.py`` (matched to a grid by model and k; several for one (model, k) are
 merged at their largest budget; a result that ends at a smaller one is superseded and only
 listed under ``sources`` and in ``--candidates_out``). They must retrain every recipe the grid
-selected, and may add each selected start one rate lower (``budget_curve.py --lr_step_down``).
+selected, and may add each selected start one rate lower (``budget_curve.py --lr_step_down``,
+or ``--with_lr_step_down`` for both in one run).
 That budget's rows replace the grid's for that (model, k), reported on the same test half: the
 selected recipes themselves, or, where lowered rates were trained, each architecture selected
 again among its two recipes at this budget by the grid's own rule (a recipe chosen at 2M tokens
@@ -110,8 +111,10 @@ def at_largest_budget(
     largest budget among them, which stand in for the grid's rows, and the earlier ones, which
     are only listed (a shorter run superseded by a longer one)."""
     top = max(largest_point(budget)["tokens"] for _, budget in runs)
-    latest = [run for run in runs if largest_point(run[1])["tokens"] == top]
-    return latest, [run for run in runs if run not in latest]
+    latest, earlier = [], []
+    for run in runs:
+        (latest if largest_point(run[1])["tokens"] == top else earlier).append(run)
+    return latest, earlier
 
 
 def merged_point(budgets: list[dict[str, Any]]) -> dict[str, Any]:
@@ -406,7 +409,7 @@ def main() -> None:
         every = [
             row
             for path, grid in grids.items()
-            for row in candidate_rows(grid, path, retrained_of.get(path), earlier_of.get(path, []))
+            for row in candidate_rows(grid, path, retrained_of.get(path), earlier_of.get(path))
         ]
         commands = {path: grid["command"] for path, grid in grids.items()}
         commands |= {path: budget["command"] for runs in budgets.values() for path, budget in runs}

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from google.protobuf.message import DecodeError
 from torch import nn
 from wandb.proto import wandb_internal_pb2
 
@@ -52,7 +53,10 @@ def wandb_history(run_file: Path, timeout: float = 60.0) -> list[dict[str, Any]]
     """
     deadline = time.monotonic() + timeout
     while True:
-        records = _wandb_records(run_file.read_bytes())
+        try:
+            records = _wandb_records(run_file.read_bytes())
+        except DecodeError:  # a record caught half-written by wandb's background writer
+            records = []
         if any(r.WhichOneof("record_type") == "exit" for r in records):
             break
         if time.monotonic() > deadline:
@@ -80,6 +84,8 @@ def _wandb_records(data: bytes) -> list[Any]:
             continue
         _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         chunk = data[pos + 7 : pos + 7 + length]
+        if len(chunk) < length:  # the writer is mid-record: the next poll reads the rest
+            break
         pos += 7 + length
         if kind == 1:
             payloads.append(chunk)

@@ -23,6 +23,11 @@ times longer, and ``benchmarks/tuned_frontier.py`` re-selects each architecture 
 budget among the selected recipe and this one, on validation under the grid's floor.
 ``--with_lr_step_down`` trains both in one run, so every comparison among them is paired (a
 selected recipe already at the lowest rate is trained alone).
+
+``--also NAME …`` adds grid candidates that were not selected (from stage 2 or stage 1, by
+name) for a diagnostic: what a recipe the procedure left out measures at this budget, paired
+with the selected ones. Such a result is not part of the procedure, and
+``benchmarks/tuned_frontier.py`` refuses it (its recipes are not selected ones).
 """
 
 from __future__ import annotations
@@ -83,6 +88,15 @@ def stepped_down(
         stepped = {**recipe, "lr": lower[-1]}
         out[grid.candidate_name(**{key: stepped[key] for key in RECIPE_KEYS})] = stepped
     return out
+
+
+def named_candidates(grid_result: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]]:
+    """name → recipe of grid candidates picked by name, from stage 2 or else stage 1."""
+    pool = {**grid_result.get("stage1", {}).get("candidates", {}), **grid_result["candidates"]}
+    unknown = sorted(set(names) - set(pool))
+    if unknown:
+        raise SystemExit(f"--also: the grid has no candidate {unknown}; it has {sorted(pool)}")
+    return {name: {field: pool[name][field] for field in RECIPE_KEYS} for name in names}
 
 
 def train_split_rows(
@@ -150,6 +164,13 @@ def main() -> None:
         action="store_true",
         help="train each selected recipe and its start at the next lower rate, in one run",
     )
+    parser.add_argument(
+        "--also",
+        nargs="+",
+        default=[],
+        metavar="CANDIDATE",
+        help="grid candidates (by name) trained beside the selected recipes, for a diagnostic",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--eval_chunk", type=int, default=3, help="layers per splice pass")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -166,6 +187,10 @@ def main() -> None:
         recipes = stepped_down(recipes, grid_result["lr_grid"])
     elif opts.with_lr_step_down:
         recipes |= stepped_down(recipes, grid_result["lr_grid"], skip_lowest=True)
+    also = named_candidates(grid_result, opts.also)
+    if set(also) & set(recipes):
+        raise SystemExit(f"--also {sorted(set(also) & set(recipes))}: already trained by this run")
+    recipes |= also
     opts.model = grid_result["model"]
     opts.balance_rate, opts.balance_mode = grid.balance_of(grid_result)
     model = zoo.load(opts.model, device=opts.device)
@@ -184,6 +209,7 @@ def main() -> None:
                 "recipes": recipes,
                 "lr_step_down": opts.lr_step_down,
                 "with_lr_step_down": opts.with_lr_step_down,
+                "also": sorted(also),
                 "balance": {"rate": opts.balance_rate, "mode": opts.balance_mode},
                 "train_split_tokens": opts.train_split_tokens,
                 "points": sorted(points, key=lambda p: p["tokens"]),

@@ -109,7 +109,14 @@ def at_largest_budget(
 ) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]:
     """One (model, k)'s budget-curve results (path, result) split into those that end at the
     largest budget among them, which stand in for the grid's rows, and the earlier ones, which
-    are only listed (a shorter run superseded by a longer one)."""
+    are only listed (a shorter run superseded by a longer one). A diagnostic run that trained
+    candidates the procedure did not select (``budget_curve.py --also``) is refused."""
+    for path, budget in runs:
+        if budget.get("also"):
+            raise SystemExit(
+                f"{path} also trained {budget['also']} (budget_curve.py --also): a diagnostic, "
+                "not part of the procedure; leave it out of --retrained"
+            )
     top = max(largest_point(budget)["tokens"] for _, budget in runs)
     latest, earlier = [], []
     for run in runs:

@@ -8,7 +8,7 @@ import copy
 
 import pytest
 
-from benchmarks.budget_curve import selected_recipes, stepped_down
+from benchmarks.budget_curve import named_candidates, selected_recipes, stepped_down
 from benchmarks.tuned_frontier import (
     at_largest_budget,
     candidate_rows,
@@ -318,3 +318,21 @@ def test_a_shorter_run_is_superseded_by_the_longer_one_and_only_listed():
     from_8m = [row for row in third if row["source"] == "a8.json"]
     assert len(from_8m) == 3 and not any(row["selected"] for row in from_8m)
     assert sum(row["selected"] for row in third if row["source"] == "a16.json") == 3
+
+
+def test_a_diagnostic_candidate_is_picked_by_name_from_either_stage_and_kept_off_the_frontier():
+    also = named_candidates(GRID, ["mxd-c", "mxd-b"])
+    assert also == {
+        "mxd-c": {"architecture": "mxd", "k": 8, "start": "paper", "lr": 1e-2},
+        "mxd-b": {"architecture": "mxd", "k": 8, "start": "paper", "lr": 1e-3},
+    }
+    with pytest.raises(SystemExit, match=r"no candidate \['mxd-z'\]"):
+        named_candidates(GRID, ["mxd-z"])
+    layers = retrained_at_16m()
+    layers["mxd-c"] = {**copy.deepcopy(GRID["stage1"]["candidates"]["mxd-c"]), "tokens": 16_000_000}
+    diagnostic = {**budget_with(layers), "also": ["mxd-c"]}
+    # the same start at another rate of the lr grid would pass for a lowered rate: the run's
+    # own record of its extra candidates is what keeps it out
+    assert retrained_section(GRID, merged_point([diagnostic]))["rows"]
+    with pytest.raises(SystemExit, match=r"d.json also trained \['mxd-c'\]"):
+        at_largest_budget([("d.json", diagnostic)])

@@ -28,6 +28,11 @@ selected recipe already at the lowest rate is trained alone).
 name) for a diagnostic: what a recipe the procedure left out measures at this budget, paired
 with the selected ones. Such a result is not part of the procedure, and
 ``benchmarks/tuned_frontier.py`` refuses it (its recipes are not selected ones).
+
+``--balance_schedule lr`` trains the balanced starts with their balancing scaled by the learning
+rate's schedule instead of the grid's constant rate
+(:class:`mxd_saelens.saes.paired.SelectionBalanceFields`): another diagnostic, refused by
+``benchmarks/tuned_frontier.py`` too, since the grid selected its recipes with the constant rate.
 """
 
 from __future__ import annotations
@@ -171,6 +176,12 @@ def main() -> None:
         metavar="CANDIDATE",
         help="grid candidates (by name) trained beside the selected recipes, for a diagnostic",
     )
+    parser.add_argument(
+        "--balance_schedule",
+        default="constant",
+        choices=["constant", "lr"],
+        help="the balanced starts' balancing schedule (the grid's: constant), for a diagnostic",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--eval_chunk", type=int, default=3, help="layers per splice pass")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -210,7 +221,11 @@ def main() -> None:
                 "lr_step_down": opts.lr_step_down,
                 "with_lr_step_down": opts.with_lr_step_down,
                 "also": sorted(also),
-                "balance": {"rate": opts.balance_rate, "mode": opts.balance_mode},
+                "balance": {
+                    "rate": opts.balance_rate,
+                    "mode": opts.balance_mode,
+                    "schedule": opts.balance_schedule,
+                },
                 "train_split_tokens": opts.train_split_tokens,
                 "points": sorted(points, key=lambda p: p["tokens"]),
             },

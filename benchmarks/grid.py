@@ -86,7 +86,11 @@ def candidates(opts: argparse.Namespace, gated_mlp: bool = False) -> dict[str, d
 
 
 def recipe_fields(
-    recipe: dict[str, Any], steps: int, balance_rate: float, balance_mode: str
+    recipe: dict[str, Any],
+    steps: int,
+    balance_rate: float,
+    balance_mode: str,
+    balance_schedule: str = "constant",
 ) -> dict[str, Any]:
     """The config fields of one recipe (besides the architecture and its size)."""
     fields: dict[str, Any] = {
@@ -100,6 +104,7 @@ def recipe_fields(
     balanced = is_balanced(recipe["start"])
     fields["balance_rate"] = balance_rate if balanced else 0.0
     fields["balance_mode"] = balance_mode if balanced else "sign"
+    fields["balance_schedule"] = balance_schedule if balanced else "constant"
     return fields
 
 
@@ -120,7 +125,13 @@ def train(model: Any, opts: argparse.Namespace, recipes: dict[str, dict[str, Any
             layer,
             str(work / name),
             device=opts.device,
-            **recipe_fields(recipe, steps, opts.balance_rate, opts.balance_mode),
+            **recipe_fields(
+                recipe,
+                steps,
+                opts.balance_rate,
+                opts.balance_mode,
+                getattr(opts, "balance_schedule", "constant"),  # the grid itself: constant
+            ),
         )
         for name, recipe in recipes.items()
         if not (work / name / "cfg.json").exists()  # a finished layer is kept

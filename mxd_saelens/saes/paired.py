@@ -89,6 +89,7 @@ class DeadFeatureAuxFields:
 
 
 BALANCE_MODES: tuple[str, ...] = ("sign", "revive")
+BALANCE_SCHEDULES: tuple[str, ...] = ("constant", "lr")
 
 
 @dataclass(kw_only=True)
@@ -111,6 +112,10 @@ class SelectionBalanceFields:
     """``sign``: every code that fired less than the mean count of the batch is raised by the
     rate and every code that fired more is lowered by it; ``revive``: only codes that did not fire
     in the batch are raised."""
+    balance_schedule: str = "constant"
+    """``constant``: the same rate at every step; ``lr``: the rate scaled by the learning rate's
+    schedule (its current value over the configured one), so the nudge warms up and decays with
+    the weights' steps instead of acting alone once the learning rate has decayed."""
 
     def _validate_balance(self) -> None:
         if not self.balance_rate >= 0:
@@ -119,6 +124,11 @@ class SelectionBalanceFields:
             raise ValueError(
                 f"balance_mode={self.balance_mode!r} is not supported; choose one of "
                 f"{BALANCE_MODES}."
+            )
+        if self.balance_schedule not in BALANCE_SCHEDULES:
+            raise ValueError(
+                f"balance_schedule={self.balance_schedule!r} is not supported; choose one of "
+                f"{BALANCE_SCHEDULES}."
             )
 
 

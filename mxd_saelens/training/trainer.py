@@ -217,11 +217,14 @@ class PairedSAETrainer(RunEndMixin, SAETrainer[Any, Any]):
             scheduler.step()
         return output
 
-    @staticmethod
-    def _balance_selection(sae: TrainingSAE[Any], counts: Tensor) -> None:
+    def _balance_selection(self, sae: TrainingSAE[Any], counts: Tensor) -> None:
         rate = getattr(sae.cfg, "balance_rate", 0.0)
-        if rate:
-            balance_selection_bias(sae.selection_bias(), counts, rate, sae.cfg.balance_mode)  # type: ignore[attr-defined]
+        if not rate:
+            return
+        if sae.cfg.balance_schedule == "lr":  # type: ignore[attr-defined]
+            # the rate of the step just taken, before the scheduler moves on
+            rate *= self.optimizer.param_groups[0]["lr"] / self.cfg.lr
+        balance_selection_bias(sae.selection_bias(), counts, rate, sae.cfg.balance_mode)  # type: ignore[attr-defined]
 
     @torch.no_grad()
     def _count_firing(self, feature_acts: Tensor) -> Tensor:

@@ -29,10 +29,10 @@ name) for a diagnostic: what a recipe the procedure left out measures at this bu
 with the selected ones. Such a result is not part of the procedure, and
 ``benchmarks/tuned_frontier.py`` refuses it (its recipes are not selected ones).
 
-``--balance_schedule lr`` trains the balanced starts with their balancing scaled by the learning
-rate's schedule instead of the grid's constant rate
-(:class:`mxd_saelens.saes.paired.SelectionBalanceFields`): another diagnostic, refused by
-``benchmarks/tuned_frontier.py`` too, since the grid selected its recipes with the constant rate.
+``--balance_mode`` and ``--balance_schedule`` train the balanced starts with another balancing
+than the grid's (:class:`mxd_saelens.saes.paired.SelectionBalanceFields`; the grid's is its mode
+at a constant rate): another diagnostic, recorded as ``balance_as_grid: false`` and refused by
+``benchmarks/tuned_frontier.py`` too, since the grid selected its recipes with its own balancing.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from benchmarks.evaluate_layers import split_sequences
 from mxd_saelens import zoo
 from mxd_saelens.data.tokens import token_sequences
 from mxd_saelens.evaluation.evaluate_and_report import evaluate_and_specialise
+from mxd_saelens.saes.paired import BALANCE_MODES, BALANCE_SCHEDULES
 
 RECIPE_KEYS = ("architecture", "k", "start", "lr")
 
@@ -177,9 +178,14 @@ def main() -> None:
         help="grid candidates (by name) trained beside the selected recipes, for a diagnostic",
     )
     parser.add_argument(
+        "--balance_mode",
+        choices=BALANCE_MODES,
+        help="the balanced starts' balancing mode instead of the grid's, for a diagnostic",
+    )
+    parser.add_argument(
         "--balance_schedule",
         default="constant",
-        choices=["constant", "lr"],
+        choices=BALANCE_SCHEDULES,
         help="the balanced starts' balancing schedule (the grid's: constant), for a diagnostic",
     )
     parser.add_argument("--seed", type=int, default=42)
@@ -203,7 +209,9 @@ def main() -> None:
         raise SystemExit(f"--also {sorted(set(also) & set(recipes))}: already trained by this run")
     recipes |= also
     opts.model = grid_result["model"]
-    opts.balance_rate, opts.balance_mode = grid.balance_of(grid_result)
+    opts.balance_rate, grid_mode = grid.balance_of(grid_result)
+    balance_as_grid = opts.balance_mode in (None, grid_mode) and opts.balance_schedule == "constant"
+    opts.balance_mode = opts.balance_mode or grid_mode
     model = zoo.load(opts.model, device=opts.device)
     # one pass over the training split, as the store cuts it into sequences
     opts.train_split_tokens = int(token_sequences(model, zoo.load_corpus("train"), 128).numel())
@@ -226,6 +234,7 @@ def main() -> None:
                     "mode": opts.balance_mode,
                     "schedule": opts.balance_schedule,
                 },
+                "balance_as_grid": balance_as_grid,
                 "train_split_tokens": opts.train_split_tokens,
                 "points": sorted(points, key=lambda p: p["tokens"]),
             },

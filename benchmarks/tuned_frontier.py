@@ -110,20 +110,19 @@ def at_largest_budget(
     """One (model, k)'s budget-curve results (path, result) split into those that end at the
     largest budget among them, which stand in for the grid's rows, and the earlier ones, which
     are only listed (a shorter run superseded by a longer one). A diagnostic run that trained
-    candidates the procedure did not select (``budget_curve.py --also``), or balanced them on
-    another schedule than the grid's (``--balance_schedule``), is refused."""
+    candidates the procedure did not select (``budget_curve.py --also``), or balanced them
+    otherwise than the grid (``--balance_mode``, ``--balance_schedule``), is refused."""
     for path, budget in runs:
         if budget.get("also"):
             raise SystemExit(
                 f"{path} also trained {budget['also']} (budget_curve.py --also): a diagnostic, "
                 "not part of the procedure; leave it out of --retrained"
             )
-        schedule = budget.get("balance", {}).get("schedule", "constant")
-        if schedule != "constant":
+        if not budget.get("balance_as_grid", True):
             raise SystemExit(
-                f"{path} balanced its layers on the {schedule!r} schedule (budget_curve.py "
-                "--balance_schedule), not the grid's constant one: a diagnostic, not part of the "
-                "procedure; leave it out of --retrained"
+                f"{path} balanced its layers otherwise than the grid ({budget['balance']}; "
+                "budget_curve.py --balance_mode/--balance_schedule): a diagnostic, not part of "
+                "the procedure; leave it out of --retrained"
             )
     top = max(largest_point(budget)["tokens"] for _, budget in runs)
     latest, earlier = [], []

@@ -40,6 +40,18 @@ def test_revive_mode_raises_only_codes_that_did_not_fire() -> None:
     assert bias.tolist() == [-0.75, -1.0, -0.75, -1.0]
 
 
+def test_centred_revive_raises_silent_codes_relative_to_the_rest_and_keeps_the_mean() -> None:
+    bias = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    counts = torch.tensor([0, 3, 0, 9])
+    raised = bias.clone()
+    balance_selection_bias(raised, counts, 0.25, "revive")
+    centred = bias.clone()
+    balance_selection_bias(centred, counts, 0.25, "revive_centred")
+    # two of four codes raised by 0.25: the mean nudge, 0.125, comes off every code
+    torch.testing.assert_close(centred, raised - 0.125)
+    torch.testing.assert_close(centred.mean(), bias.mean())
+
+
 def test_mxd_revives_by_default_and_transcoders_do_not() -> None:
     layer = make_layer("mxd")
     assert (layer.cfg.balance_rate, layer.cfg.balance_mode) == (1e-2, "revive")
@@ -53,7 +65,7 @@ def test_rate_zero_leaves_the_bias_alone() -> None:
     assert torch.equal(bias, before)
 
 
-def trainer_for(layer) -> PairedSAETrainer:
+def trainer_for(layer, warm_up_steps: int = 0) -> PairedSAETrainer:
     cfg = SAETrainerConfig(
         n_checkpoints=0,
         checkpoint_path=None,
@@ -64,7 +76,7 @@ def trainer_for(layer) -> PairedSAETrainer:
         lr=1e-2,
         lr_end=1e-2,
         lr_scheduler_name="constant",
-        lr_warm_up_steps=0,
+        lr_warm_up_steps=warm_up_steps,
         adam_beta1=0.9,
         adam_beta2=0.999,
         lr_decay_steps=0,
@@ -78,7 +90,7 @@ def trainer_for(layer) -> PairedSAETrainer:
 
 
 @pytest.mark.parametrize("architecture", ["mxd", "topk_transcoder"])
-@pytest.mark.parametrize("mode", ["sign", "revive"])
+@pytest.mark.parametrize("mode", ["sign", "revive", "revive_centred"])
 def test_trainer_step_adds_the_nudge_after_the_optimiser(architecture: str, mode: str) -> None:
     rate = 0.01
     plain, balanced = (
@@ -92,11 +104,12 @@ def test_trainer_step_adds_the_nudge_after_the_optimiser(architecture: str, mode
     trainer_for(balanced).step(batch)
     # the same forward, so the same firing counts: the nudge is the only difference
     counts = (out_plain.feature_acts.to_dense() != 0).sum(0).double()
-    expected = (
-        rate * torch.sign(counts.mean() - counts)
-        if mode == "sign"
-        else rate * (counts == 0).double()
-    )
+    silent = rate * (counts == 0).double()
+    expected = {
+        "sign": rate * torch.sign(counts.mean() - counts),
+        "revive": silent,
+        "revive_centred": silent - silent.mean(),
+    }[mode]
     difference = balanced.selection_bias() - plain.selection_bias()
     assert expected.abs().sum() > 0  # the test checks something
     torch.testing.assert_close(difference.double(), expected, rtol=0, atol=1e-6)
@@ -106,11 +119,36 @@ def test_trainer_step_adds_the_nudge_after_the_optimiser(architecture: str, mode
         torch.testing.assert_close(getattr(plain, name), getattr(balanced, name), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("architecture", ["mxd", "topk_transcoder"])
+def test_lr_schedule_scales_the_nudge_with_the_learning_rate(architecture: str) -> None:
+    rate, warm_up = 0.01, 4
+    plain = make_layer(architecture, balance_rate=0.0)
+    constant = make_layer(architecture, balance_rate=rate, balance_mode="revive")
+    scheduled = make_layer(
+        architecture, balance_rate=rate, balance_mode="revive", balance_schedule="lr"
+    )
+    for layer in (constant, scheduled):
+        layer.load_state_dict(plain.state_dict())
+    batch = torch.randn(B, I + O, generator=torch.Generator().manual_seed(2))
+    before = plain.selection_bias().detach().clone()
+    out = trainer_for(plain, warm_up).step(batch)
+    trainer_for(constant, warm_up).step(batch)
+    trainer_for(scheduled, warm_up).step(batch)
+    silent = ((out.feature_acts.to_dense() != 0).sum(0) == 0).double()
+    assert silent.sum() > 0  # some code did not fire: there is a nudge to scale
+    moved_by_adam = plain.selection_bias().double() - before.double()
+    # SAELens's linear warm-up takes its first step at lr / warm_up_steps
+    for layer, expected in ((constant, rate), (scheduled, rate / warm_up)):
+        nudge = layer.selection_bias().double() - before.double() - moved_by_adam
+        torch.testing.assert_close(nudge, expected * silent, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"balance_rate": -0.1}, "balance_rate=-0.1 must be non-negative"),
         ({"balance_mode": "up"}, "balance_mode='up'"),
+        ({"balance_schedule": "cosine"}, "balance_schedule='cosine'"),
     ],
 )
 def test_bad_balance_settings_name_the_problem(kwargs: dict, message: str) -> None:

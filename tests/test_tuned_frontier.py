@@ -336,3 +336,14 @@ def test_a_diagnostic_candidate_is_picked_by_name_from_either_stage_and_kept_off
     assert retrained_section(GRID, merged_point([diagnostic]))["rows"]
     with pytest.raises(SystemExit, match=r"d.json also trained \['mxd-c'\]"):
         at_largest_budget([("d.json", diagnostic)])
+
+
+def test_a_run_balanced_otherwise_than_the_grid_is_kept_off_the_frontier():
+    as_grid = {**budget_with(retrained_at_16m()), "balance_as_grid": True}
+    assert at_largest_budget([("g.json", as_grid)])[0] == [("g.json", as_grid)]
+    balance = {"rate": 1e-2, "mode": "revive_centred", "schedule": "constant"}
+    other = {**as_grid, "balance": balance, "balance_as_grid": False}
+    # the same recipes by name: only the run's record of its balancing tells them apart
+    assert retrained_section(GRID, merged_point([other]))["rows"]
+    with pytest.raises(SystemExit, match=r"o.json balanced its layers otherwise than the grid"):
+        at_largest_budget([("g.json", as_grid), ("o.json", other)])

@@ -88,7 +88,7 @@ class DeadFeatureAuxFields:
             )
 
 
-BALANCE_MODES: tuple[str, ...] = ("sign", "revive")
+BALANCE_MODES: tuple[str, ...] = ("sign", "revive", "revive_centred")
 BALANCE_SCHEDULES: tuple[str, ...] = ("constant", "lr")
 
 
@@ -111,7 +111,10 @@ class SelectionBalanceFields:
     balance_mode: str = "sign"
     """``sign``: every code that fired less than the mean count of the batch is raised by the
     rate and every code that fired more is lowered by it; ``revive``: only codes that did not fire
-    in the batch are raised."""
+    in the batch are raised; ``revive_centred``: as ``revive``, less the mean nudge over all codes,
+    so the biases' mean cannot drift. A top-k choice does not see a shift of every bias, but the
+    coefficients do: under ``revive`` the nudges only add up, and over a long run they lift every
+    bias by far more than the gradient steps can bring back."""
     balance_schedule: str = "constant"
     """``constant``: the same rate at every step; ``lr``: the rate scaled by the learning rate's
     schedule (its current value over the configured one), so the nudge warms up and decays with
@@ -139,8 +142,9 @@ def balance_selection_bias(bias: Tensor, counts: Tensor, rate: float, mode: str)
     if rate == 0:
         return
     counts = counts.to(bias.dtype)
-    if mode == "revive":
-        bias += rate * (counts == 0).to(bias.dtype)
+    if mode.startswith("revive"):
+        nudge = rate * (counts == 0).to(bias.dtype)
+        bias += nudge - nudge.mean() if mode == "revive_centred" else nudge
     else:
         bias += rate * torch.sign(counts.mean() - counts)
 

@@ -252,19 +252,32 @@ def measure(
             split: {key: row[key] for row in ev.rows if row["name"] == name for key in ROW_FIELDS}
             for split, ev in evaluations.items()
         }
-        balanced = is_balanced(recipe["start"])
         rows[name] = {
             **recipe,
             "tokens": opts.tokens,
             "schedule": "warm-up 5 %, constant, linear decay over the last 20 %",
-            "balance_rate": opts.balance_rate if balanced else 0.0,
-            "balance_mode": opts.balance_mode if balanced else None,
+            **trained_balance(folders[name]),
             "n_sequences": {split: int(t.shape[0]) for split, t in splits.items()},
             **per_split,
             **probes[name].row(),
             "dead_fraction_probe_set": probes[name].usage.dead_fraction,
         }
     return rows, evaluations, probes
+
+
+def trained_balance(folder: Path) -> dict[str, Any]:
+    """The balancing a saved layer was trained with, from its own config (a layer kept from an
+    earlier run in the work folder keeps its own)."""
+    details = json.loads((folder / "cfg.json").read_text())["metadata"].get(
+        "training_architecture_details", {}
+    )
+    rate = details.get("balance_rate", 0.0)
+    if not rate:
+        return {"balance_rate": 0.0, "balance_mode": None}
+    out = {"balance_rate": rate, "balance_mode": details["balance_mode"]}
+    if details.get("balance_schedule", "constant") != "constant":
+        out["balance_schedule"] = details["balance_schedule"]
+    return out
 
 
 def main() -> None:

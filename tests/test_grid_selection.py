@@ -3,9 +3,19 @@ candidates that meet the readability floor, the same rule for every architecture
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from benchmarks.grid import candidates, merge_stage1, recipe_fields, select, stage2_recipes
+import mxd_saelens as mxd
+from benchmarks.grid import (
+    candidates,
+    merge_stage1,
+    recipe_fields,
+    select,
+    stage2_recipes,
+    trained_balance,
+)
 
 
 def row(architecture: str, delta_ce: float, dead: float, probe_f1: float, k: int = 32) -> dict:
@@ -74,6 +84,29 @@ def test_every_candidate_states_its_balancing():
     balanced = recipe_fields({"k": 32, "lr": 1e-2, "start": "balanced"}, 100, 0.01, "revive")
     assert cold["balance_rate"] == 0.0 and balanced["balance_rate"] == 0.01
     assert cold["lr_warm_up_steps"] == 5 and cold["lr_decay_steps"] == 20
+
+
+@pytest.mark.parametrize(
+    ("balance", "expected"),
+    [
+        ({"balance_rate": 0.0}, {"balance_rate": 0.0, "balance_mode": None}),
+        (
+            {"balance_rate": 0.01, "balance_mode": "revive_centred"},
+            {"balance_rate": 0.01, "balance_mode": "revive_centred"},
+        ),
+        (
+            {"balance_rate": 0.02, "balance_mode": "revive", "balance_schedule": "lr"},
+            {"balance_rate": 0.02, "balance_mode": "revive", "balance_schedule": "lr"},
+        ),
+    ],
+)
+def test_a_saved_layer_states_the_balancing_it_was_trained_with(
+    tmp_path: Path, balance: dict, expected: dict
+):
+    # read from the layer's own config: a layer kept from an earlier run keeps its balancing
+    cfg = mxd.TopKTranscoderTrainingSAEConfig(d_in=6, d_sae=12, k=2, **balance)
+    mxd.TopKTranscoderTrainingSAE(cfg).save_inference_model(tmp_path / "layer")
+    assert trained_balance(tmp_path / "layer") == expected
 
 
 def test_the_encoder_copy_can_be_balanced_too():

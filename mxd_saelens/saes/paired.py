@@ -113,12 +113,15 @@ class SelectionBalanceFields:
     rate and every code that fired more is lowered by it; ``revive``: only codes that did not fire
     in the batch are raised; ``revive_centred``: as ``revive``, less the mean nudge over all codes,
     so the biases' mean cannot drift. A top-k choice does not see a shift of every bias, but the
-    coefficients do: under ``revive`` the nudges only add up, and over a long run they lift every
-    bias by far more than the gradient steps can bring back."""
+    coefficients do. Under ``revive`` the nudges only add up where codes are often silent (a
+    TopK transcoder at small k): over 16M tokens (3,906 steps) they lifted its encoder biases to a
+    mean of +22, where Adam moves a bias by about the learning rate per step
+    (``benchmarks/results/centred_balance.json``)."""
     balance_schedule: str = "constant"
     """``constant``: the same rate at every step; ``lr``: the rate scaled by the learning rate's
     schedule (its current value over the configured one), so the nudge warms up and decays with
-    the weights' steps instead of acting alone once the learning rate has decayed."""
+    the weights' steps. It does not stop the drift above, most of which happens while the
+    learning rate is constant."""
 
     def _validate_balance(self) -> None:
         if not self.balance_rate >= 0:

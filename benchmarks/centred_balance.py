@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.common import write_result
+from benchmarks.grid import trained_balance
 from benchmarks.tuned_frontier import RATIO_TARGETS, largest_point, unpaired_comparison
 
 FIGURES = ("delta_ce", "delta_ce_se", "kl", "kl_se", "dead_fraction")
@@ -138,12 +139,10 @@ def bias_drift(folder: Path) -> dict[str, Any]:
     bias = weights[bias_name].double()
     selection_weight = weights["W_enc" if bias_name == "b_enc" else "W_gate"].double()
     quantiles = torch.quantile(bias, torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64))
-    details = config["metadata"].get("training_architecture_details", {})
     return {
         "folder": str(folder),
         "architecture": config["architecture"],
-        "balance_rate": details.get("balance_rate", 0.0),
-        "balance_mode": details.get("balance_mode"),
+        **trained_balance(folder),
         "bias": bias_name,
         "bias_mean": bias.mean().item(),
         "bias_q05_median_q95": quantiles.tolist(),

@@ -64,12 +64,12 @@ def run_figures(name: str, row: dict[str, Any]) -> dict[str, Any]:
 
 
 def mxd_against(
-    k: int, mxd: dict[str, Any], other: dict[str, Any], point: dict[str, Any] | None
+    k: int, mxd: dict[str, Any], other: dict[str, Any], measured_in: dict[str, Any]
 ) -> dict[str, Any]:
-    """The frontier MxD against ``other``: the comparison ``point`` (a run's point, or a
-    frontier section) made of that very MxD (same name, same test ΔCE), else one from the two
+    """The frontier MxD against ``other``: the comparison that ``measured_in`` (a run's point, or
+    a frontier section) made of that very MxD (same name, same test ΔCE), else one from the two
     summaries."""
-    for comparison in (point or {}).get("comparisons", []):
+    for comparison in measured_in.get("comparisons", []):
         same_mxd = math.isclose(
             comparison["delta_ce_a"], mxd["test"]["delta_ce"], rel_tol=0, abs_tol=1e-9
         )

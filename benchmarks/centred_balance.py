@@ -78,13 +78,6 @@ def mxd_against(
     return unpaired_comparison(k, mxd["name"], mxd, other["name"], other)
 
 
-def difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
-    """a's test ΔCE less b's, from two runs (SEs in quadrature)."""
-    value = a["test"]["delta_ce"] - b["test"]["delta_ce"]
-    se = math.hypot(a["test"]["delta_ce_se"], b["test"]["delta_ce_se"])
-    return {"delta_ce_diff": value, "delta_ce_diff_se": se, "z": value / se}
-
-
 def target_check(architecture: str, comparison: dict[str, Any]) -> dict[str, Any]:
     bound = RATIO_TARGETS[architecture]
     met = comparison["delta_ce_ratio"] <= bound and comparison["delta_ce_z"] < -3
@@ -116,7 +109,10 @@ def transcoder_entries(
                 "source": path,
                 "frontier": before,
                 "centred": centred,
-                "centred_minus_frontier": difference(centred, before),
+                # two runs: the SEs add in quadrature
+                "centred_minus_frontier": unpaired_comparison(
+                    k, centred["name"], centred, before["name"], before
+                ),
                 "mxd": mxd,
                 "mxd_vs_frontier": {
                     **with_before,

@@ -29,7 +29,7 @@ name) for a diagnostic: what a recipe the procedure left out measures at this bu
 with the selected ones. Such a result is not part of the procedure, and
 ``benchmarks/tuned_frontier.py`` refuses it (its recipes are not selected ones).
 
-``--balance_mode`` and ``--balance_schedule`` train the balanced starts with another balancing
+``--balance_mode`` (with ``--balance_window``) and ``--balance_schedule`` train the balanced starts with another balancing
 than the grid's (:class:`mxd_saelens.saes.paired.SelectionBalanceFields`; the grid's is its mode
 at a constant rate): another diagnostic, recorded as ``balance_as_grid: false`` and refused by
 ``benchmarks/tuned_frontier.py`` too, since the grid selected its recipes with its own balancing.
@@ -188,6 +188,12 @@ def main() -> None:
         choices=BALANCE_SCHEDULES,
         help="the balanced starts' balancing schedule (the grid's: constant), for a diagnostic",
     )
+    parser.add_argument(
+        "--balance_window",
+        type=int,
+        default=8,
+        help="with --balance_mode revive_dead: the steps a code must be silent before it is raised",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--eval_chunk", type=int, default=3, help="layers per splice pass")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -233,6 +239,11 @@ def main() -> None:
                     "rate": opts.balance_rate,
                     "mode": opts.balance_mode,
                     "schedule": opts.balance_schedule,
+                    **(
+                        {"window": opts.balance_window}
+                        if opts.balance_mode == "revive_dead"
+                        else {}
+                    ),
                 },
                 "balance_as_grid": balance_as_grid,
                 "train_split_tokens": opts.train_split_tokens,

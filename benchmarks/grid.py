@@ -91,6 +91,7 @@ def recipe_fields(
     balance_rate: float,
     balance_mode: str,
     balance_schedule: str = "constant",
+    balance_window: int = 8,
 ) -> dict[str, Any]:
     """The config fields of one recipe (besides the architecture and its size)."""
     fields: dict[str, Any] = {
@@ -105,6 +106,7 @@ def recipe_fields(
     fields["balance_rate"] = balance_rate if balanced else 0.0
     fields["balance_mode"] = balance_mode if balanced else "sign"
     fields["balance_schedule"] = balance_schedule if balanced else "constant"
+    fields["balance_window"] = balance_window  # read by balance_mode="revive_dead" only
     return fields
 
 
@@ -131,6 +133,7 @@ def train(model: Any, opts: argparse.Namespace, recipes: dict[str, dict[str, Any
                 opts.balance_rate,
                 opts.balance_mode,
                 getattr(opts, "balance_schedule", "constant"),  # the grid itself: constant
+                opts.balance_window,
             ),
         )
         for name, recipe in recipes.items()
@@ -277,6 +280,8 @@ def trained_balance(folder: Path) -> dict[str, Any]:
     out = {"balance_rate": rate, "balance_mode": details["balance_mode"]}
     if details.get("balance_schedule", "constant") != "constant":
         out["balance_schedule"] = details["balance_schedule"]
+    if details["balance_mode"] == "revive_dead":
+        out["balance_window"] = details["balance_window"]
     return out
 
 
@@ -291,6 +296,9 @@ def main() -> None:
     parser.add_argument("--starts", nargs="+", choices=STARTS, default=list(STARTS))
     parser.add_argument("--balance_rate", type=float, default=1e-2, help="for start 'balanced'")
     parser.add_argument("--balance_mode", default="revive", help="for start 'balanced'")
+    parser.add_argument(
+        "--balance_window", type=int, default=8, help="for --balance_mode revive_dead: steps"
+    )
     parser.add_argument("--tokens", type=int, default=2_000_000)
     parser.add_argument(
         "--stage2_from",
@@ -331,6 +339,7 @@ def main() -> None:
             stage1, opts.stage2_per_architecture, opts.max_dead, opts.probe_margin
         )
         opts.balance_rate, opts.balance_mode = balance_of(stage1)
+        opts.balance_window = balance_window_of(stage1, opts.balance_window)
     else:
         recipes = candidates(opts, gated_mlp=bool(mlp_shape(model)["glu"]))
     train_seconds = train(model, opts, recipes)
@@ -412,6 +421,14 @@ def balance_of(result: dict[str, Any]) -> tuple[float, str]:
         if is_balanced(row["start"]):
             return row["balance_rate"], row["balance_mode"]
     return 0.0, "sign"
+
+
+def balance_window_of(result: dict[str, Any], default: int) -> int:
+    """The window a grid result's ``revive_dead`` balancing used (``default`` for other modes)."""
+    for row in result["candidates"].values():
+        if row.get("balance_mode") == "revive_dead":
+            return row["balance_window"]
+    return default
 
 
 if __name__ == "__main__":

@@ -52,6 +52,16 @@ def test_centred_revive_raises_silent_codes_relative_to_the_rest_and_keeps_the_m
     torch.testing.assert_close(centred.mean(), bias.mean())
 
 
+def test_dead_revive_raises_only_codes_silent_for_the_whole_window() -> None:
+    bias = torch.zeros(5)
+    silent_steps = torch.tensor([0, 1, 2, 3, 7])
+    counts = (silent_steps == 0).long()  # this step: only code 0 fired
+    balance_selection_bias(bias, counts, 0.5, "revive_dead", silent_steps=silent_steps, window=3)
+    assert bias.tolist() == [0.0, 0.0, 0.0, 0.5, 0.5]
+    with pytest.raises(ValueError, match="silent_steps"):
+        balance_selection_bias(bias, counts, 0.5, "revive_dead")
+
+
 def test_mxd_revives_by_default_and_transcoders_do_not() -> None:
     layer = make_layer("mxd")
     assert (layer.cfg.balance_rate, layer.cfg.balance_mode) == (1e-2, "revive")
@@ -65,7 +75,7 @@ def test_rate_zero_leaves_the_bias_alone() -> None:
     assert torch.equal(bias, before)
 
 
-def trainer_for(layer, warm_up_steps: int = 0) -> PairedSAETrainer:
+def trainer_for(layer, warm_up_steps: int = 0, lr: float = 1e-2) -> PairedSAETrainer:
     cfg = SAETrainerConfig(
         n_checkpoints=0,
         checkpoint_path=None,
@@ -73,8 +83,8 @@ def trainer_for(layer, warm_up_steps: int = 0) -> PairedSAETrainer:
         total_training_samples=B * 4,
         device="cpu",
         autocast=False,
-        lr=1e-2,
-        lr_end=1e-2,
+        lr=lr,
+        lr_end=lr,
         lr_scheduler_name="constant",
         lr_warm_up_steps=warm_up_steps,
         adam_beta1=0.9,
@@ -143,12 +153,36 @@ def test_lr_schedule_scales_the_nudge_with_the_learning_rate(architecture: str) 
         torch.testing.assert_close(nudge, expected * silent, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("architecture", ["mxd", "topk_transcoder"])
+def test_dead_revive_in_the_trainer_waits_for_the_window(architecture: str) -> None:
+    # lr 0: Adam moves nothing, so every change of the selection bias is the nudge
+    rate, window, steps = 0.01, 3, 6
+    layer = make_layer(
+        architecture, balance_rate=rate, balance_mode="revive_dead", balance_window=window
+    )
+    trainer = trainer_for(layer, lr=0.0)
+    batch = torch.randn(B, I + O, generator=torch.Generator().manual_seed(3))[: B // 4]
+    silent_steps = torch.zeros(N, dtype=torch.long)  # counted here, from the step outputs alone
+    expected = torch.zeros(N, dtype=torch.float64)
+    revive_would = torch.zeros(N, dtype=torch.float64)
+    before = layer.selection_bias().detach().double().clone()
+    for _ in range(steps):
+        fired = (trainer.step(batch).feature_acts.to_dense() != 0).any(0)
+        silent_steps = torch.where(fired, 0, silent_steps + 1)
+        expected += rate * (silent_steps >= window).double()
+        revive_would += rate * (~fired).double()
+    moved = layer.selection_bias().detach().double() - before
+    assert expected.sum() > 0 and not torch.equal(expected, revive_would)  # the window matters
+    torch.testing.assert_close(moved, expected, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"balance_rate": -0.1}, "balance_rate=-0.1 must be non-negative"),
         ({"balance_mode": "up"}, "balance_mode='up'"),
         ({"balance_schedule": "cosine"}, "balance_schedule='cosine'"),
+        ({"balance_window": 0}, "balance_window=0 must be a whole number"),
     ],
 )
 def test_bad_balance_settings_name_the_problem(kwargs: dict, message: str) -> None:

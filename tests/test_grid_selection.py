@@ -9,6 +9,7 @@ import pytest
 
 import mxd_saelens as mxd
 from benchmarks.grid import (
+    balance_window_of,
     candidates,
     merge_stage1,
     recipe_fields,
@@ -98,6 +99,10 @@ def test_every_candidate_states_its_balancing():
             {"balance_rate": 0.02, "balance_mode": "revive", "balance_schedule": "lr"},
             {"balance_rate": 0.02, "balance_mode": "revive", "balance_schedule": "lr"},
         ),
+        (
+            {"balance_rate": 0.01, "balance_mode": "revive_dead", "balance_window": 5},
+            {"balance_rate": 0.01, "balance_mode": "revive_dead", "balance_window": 5},
+        ),
     ],
 )
 def test_a_saved_layer_states_the_balancing_it_was_trained_with(
@@ -107,6 +112,21 @@ def test_a_saved_layer_states_the_balancing_it_was_trained_with(
     cfg = mxd.TopKTranscoderTrainingSAEConfig(d_in=6, d_sae=12, k=2, **balance)
     mxd.TopKTranscoderTrainingSAE(cfg).save_inference_model(tmp_path / "layer")
     assert trained_balance(tmp_path / "layer") == expected
+
+
+def test_stage2_keeps_stage1s_revive_dead_window():
+    stage1 = {
+        "candidates": {
+            "a": {"start": "paper", "balance_mode": None},
+            "b": {"start": "balanced", "balance_mode": "revive_dead", "balance_window": 5},
+        }
+    }
+    assert balance_window_of(stage1, 8) == 5
+    assert balance_window_of({"candidates": {"a": stage1["candidates"]["a"]}}, 8) == 8
+    fields = recipe_fields(
+        {"k": 8, "lr": 1e-3, "start": "balanced"}, 100, 0.01, "revive_dead", "constant", 5
+    )
+    assert (fields["balance_mode"], fields["balance_window"]) == ("revive_dead", 5)
 
 
 def test_the_encoder_copy_can_be_balanced_too():

@@ -150,9 +150,16 @@ def _resumable_config(tmp_path: Path, name: str, **extra) -> LanguageModelSAERun
     return cfg
 
 
-def test_interrupted_and_resumed_run_equals_the_straight_run(tiny_model, text_dataset, tmp_path):
+@pytest.mark.parametrize(
+    "balance",
+    [{}, {"balance_mode": "revive_dead", "balance_window": 3}],  # the default; a counted window
+    ids=["revive", "revive_dead"],
+)
+def test_interrupted_and_resumed_run_equals_the_straight_run(
+    tiny_model, text_dataset, tmp_path, balance
+):
     straight = PairedTrainingRunner(
-        _resumable_config(tmp_path, "straight"),
+        _resumable_config(tmp_path, "straight", **balance),
         override_model=tiny_model,
         override_dataset=text_dataset,
     ).run()
@@ -166,7 +173,7 @@ def test_interrupted_and_resumed_run_equals_the_straight_run(tiny_model, text_da
             os.kill(os.getpid(), signal.SIGINT)
 
     first = PairedTrainingRunner(
-        _resumable_config(tmp_path, "resumed"),
+        _resumable_config(tmp_path, "resumed", **balance),
         override_model=tiny_model,
         override_dataset=text_dataset,
     )
@@ -178,7 +185,7 @@ def test_interrupted_and_resumed_run_equals_the_straight_run(tiny_model, text_da
     assert not (tmp_path / "resumed" / "cfg.json").exists()
 
     resumed = PairedTrainingRunner(
-        _resumable_config(tmp_path, "resumed", resume_from_checkpoint=str(checkpoint)),
+        _resumable_config(tmp_path, "resumed", resume_from_checkpoint=str(checkpoint), **balance),
         override_model=tiny_model,
         override_dataset=text_dataset,
     ).run()

@@ -88,7 +88,7 @@ class DeadFeatureAuxFields:
             )
 
 
-BALANCE_MODES: tuple[str, ...] = ("sign", "revive", "revive_centred")
+BALANCE_MODES: tuple[str, ...] = ("sign", "revive", "revive_centred", "revive_dead")
 BALANCE_SCHEDULES: tuple[str, ...] = ("constant", "lr")
 
 
@@ -112,11 +112,17 @@ class SelectionBalanceFields:
     """``sign``: every code that fired less than the mean count of the batch is raised by the
     rate and every code that fired more is lowered by it; ``revive``: only codes that did not fire
     in the batch are raised; ``revive_centred``: as ``revive``, less the mean nudge over all codes,
-    so the biases' mean cannot drift. A top-k choice does not see a shift of every bias, but the
-    coefficients do. Under ``revive`` the nudges only add up where codes are often silent (a
-    TopK transcoder at small k): over 16M tokens (3,906 steps) they lifted its encoder biases to a
-    mean of +22, where Adam moves a bias by about the learning rate per step
-    (``benchmarks/results/centred_balance.json``)."""
+    so the biases' mean cannot drift; ``revive_dead``: only codes that have not fired for
+    ``balance_window`` steps in a row are raised. A top-k choice does not see a shift of every
+    bias, but the coefficients do. Under ``revive`` the nudges only add up where codes are often
+    silent (a TopK transcoder at small k): over 16M tokens (3,906 steps) they lifted its encoder
+    biases to a mean of +22, where Adam moves a bias by about the learning rate per step
+    (``benchmarks/results/centred_balance.json``). ``revive_dead`` asks only that a code fire
+    once per window: a code the gradient wants rare settles where it just meets that, instead of
+    being pushed toward firing in every batch."""
+    balance_window: int = 8
+    """``revive_dead`` only: how many steps in a row a code must be silent before it is raised
+    (SAELens's trainer counts them, ``n_forward_passes_since_fired``)."""
     balance_schedule: str = "constant"
     """``constant``: the same rate at every step; ``lr``: the rate scaled by the learning rate's
     schedule (its current value over the configured one), so the nudge warms up and decays with
@@ -131,6 +137,10 @@ class SelectionBalanceFields:
                 f"balance_mode={self.balance_mode!r} is not supported; choose one of "
                 f"{BALANCE_MODES}."
             )
+        if not (isinstance(self.balance_window, int) and self.balance_window >= 1):
+            raise ValueError(
+                f"balance_window={self.balance_window!r} must be a whole number of steps >= 1."
+            )
         if self.balance_schedule not in BALANCE_SCHEDULES:
             raise ValueError(
                 f"balance_schedule={self.balance_schedule!r} is not supported; choose one of "
@@ -139,13 +149,25 @@ class SelectionBalanceFields:
 
 
 @torch.no_grad()
-def balance_selection_bias(bias: Tensor, counts: Tensor, rate: float, mode: str) -> None:
+def balance_selection_bias(
+    bias: Tensor,
+    counts: Tensor,
+    rate: float,
+    mode: str,
+    silent_steps: Tensor | None = None,
+    window: int = 1,
+) -> None:
     """Nudge ``bias`` [n_codes] in place by ``rate`` from one step's firing ``counts`` [n_codes]
-    (summed over every rank, so data-parallel ranks move alike)."""
+    (summed over every rank, so data-parallel ranks move alike). ``revive_dead`` also needs
+    ``silent_steps`` [n_codes], the steps since each code last fired, this one included."""
     if rate == 0:
         return
     counts = counts.to(bias.dtype)
-    if mode.startswith("revive"):
+    if mode == "revive_dead":
+        if silent_steps is None:
+            raise ValueError("balance_mode='revive_dead' needs each code's silent_steps.")
+        bias += rate * (silent_steps >= window).to(bias.dtype)
+    elif mode.startswith("revive"):
         nudge = rate * (counts == 0).to(bias.dtype)
         bias += nudge - nudge.mean() if mode == "revive_centred" else nudge
     else:

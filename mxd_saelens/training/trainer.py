@@ -224,7 +224,14 @@ class PairedSAETrainer(RunEndMixin, SAETrainer[Any, Any]):
         if sae.cfg.balance_schedule == "lr":  # type: ignore[attr-defined]
             # the rate of the step just taken, before the scheduler moves on
             rate *= self.optimizer.param_groups[0]["lr"] / self.cfg.lr
-        balance_selection_bias(sae.selection_bias(), counts, rate, sae.cfg.balance_mode)  # type: ignore[attr-defined]
+        balance_selection_bias(
+            sae.selection_bias(),
+            counts,
+            rate,
+            sae.cfg.balance_mode,  # type: ignore[attr-defined]
+            silent_steps=self.n_forward_passes_since_fired,  # counted by _count_firing this step
+            window=getattr(sae.cfg, "balance_window", 1),
+        )
 
     @torch.no_grad()
     def _count_firing(self, feature_acts: Tensor) -> Tensor:

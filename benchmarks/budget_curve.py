@@ -191,8 +191,9 @@ def main() -> None:
     parser.add_argument(
         "--balance_window",
         type=int,
-        default=8,
-        help="with --balance_mode revive_dead: the steps a code must be silent before it is raised",
+        default=None,
+        help="with --balance_mode revive_dead: the steps a code must be silent before it is "
+        "raised (default: the grid's, else 8)",
     )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--eval_chunk", type=int, default=3, help="layers per splice pass")
@@ -216,7 +217,13 @@ def main() -> None:
     recipes |= also
     opts.model = grid_result["model"]
     opts.balance_rate, grid_mode = grid.balance_of(grid_result)
-    balance_as_grid = opts.balance_mode in (None, grid_mode) and opts.balance_schedule == "constant"
+    grid_window = grid.balance_window_of(grid_result, 8)
+    opts.balance_window = opts.balance_window or grid_window
+    balance_as_grid = (
+        opts.balance_mode in (None, grid_mode)
+        and opts.balance_schedule == "constant"
+        and (grid_mode != "revive_dead" or opts.balance_window == grid_window)
+    )
     opts.balance_mode = opts.balance_mode or grid_mode
     model = zoo.load(opts.model, device=opts.device)
     # one pass over the training split, as the store cuts it into sequences

@@ -29,10 +29,13 @@ name) for a diagnostic: what a recipe the procedure left out measures at this bu
 with the selected ones. Such a result is not part of the procedure, and
 ``benchmarks/tuned_frontier.py`` refuses it (its recipes are not selected ones).
 
-``--balance_mode`` (with ``--balance_window``) and ``--balance_schedule`` train the balanced starts with another balancing
-than the grid's (:class:`mxd_saelens.saes.paired.SelectionBalanceFields`; the grid's is its mode
-at a constant rate): another diagnostic, recorded as ``balance_as_grid: false`` and refused by
+``--balance_mode`` (with ``--balance_window``) and ``--balance_schedule`` train the balanced
+starts with another balancing than the grid's
+(:class:`mxd_saelens.saes.paired.SelectionBalanceFields`; the grid's is its mode at a constant
+rate): another diagnostic, recorded as ``balance_as_grid: false`` and refused by
 ``benchmarks/tuned_frontier.py`` too, since the grid selected its recipes with its own balancing.
+A grid run with ``--balance_mode revive_dead`` records its window, and the budget runs from it
+take that window unless told otherwise.
 """
 
 from __future__ import annotations

@@ -115,7 +115,7 @@ class SelectionBalanceFields:
     so the biases' mean cannot drift; ``revive_dead``: only codes that have not fired for
     ``balance_window`` steps in a row are raised. A top-k choice does not see a shift of every
     bias, but the coefficients do. Under ``revive`` the nudges only add up where codes are often
-    silent (a TopK transcoder at small k): over 16M tokens (3,906 steps) they lifted its encoder
+    silent (a TopK transcoder at small k): over 16M tokens (7,812 steps) they lifted its encoder
     biases to a mean of +22, where Adam moves a bias by about the learning rate per step
     (``benchmarks/results/centred_balance.json``). ``revive_dead`` asks only that a code fire
     once per window: a code the gradient wants rare settles where it just meets that, instead of

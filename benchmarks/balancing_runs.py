@@ -21,13 +21,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import load_file
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from benchmarks.centred_balance import bias_drift
 from benchmarks.common import write_result
+from benchmarks.grid import trained_balance
 from benchmarks.tuned_frontier import largest_point
 
 TEST_FIGURES = ("delta_ce", "delta_ce_se", "kl", "kl_se", "nmse", "l0", "dead_fraction")
 READABILITY = ("probe_f1", "probe_f1_se", "effective_experts", "top_share")
+SELECTION_BIAS = ("b_enc", "b_gate")  # a transcoder's encoder bias; an MxD's gate bias
 
 
 def work_dir_of(command: str) -> Path:
@@ -36,6 +40,25 @@ def work_dir_of(command: str) -> Path:
     if "--work_dir" not in words:
         raise SystemExit(f"no --work_dir in the run's command: {command}")
     return Path(words[words.index("--work_dir") + 1])
+
+
+def bias_drift(folder: Path) -> dict[str, Any]:
+    """A saved layer's selection bias and the norms of the weights it is added to."""
+    config = json.loads((folder / "cfg.json").read_text())
+    weights = load_file(str(folder / "sae_weights.safetensors"))
+    bias_name = next(name for name in SELECTION_BIAS if name in weights)
+    bias = weights[bias_name].double()
+    selection_weight = weights["W_enc" if bias_name == "b_enc" else "W_gate"].double()
+    quantiles = torch.quantile(bias, torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64))
+    return {
+        "folder": str(folder),
+        "architecture": config["architecture"],
+        **trained_balance(folder),
+        "bias": bias_name,
+        "bias_mean": bias.mean().item(),
+        "bias_q05_median_q95": quantiles.tolist(),
+        "selection_weight_column_norm_median": selection_weight.norm(dim=0).median().item(),
+    }
 
 
 def layer_entry(name: str, row: dict[str, Any], folder: Path) -> dict[str, Any]:

@@ -57,7 +57,7 @@ from benchmarks.evaluate_layers import split_sequences
 from mxd_saelens import zoo
 from mxd_saelens.data.tokens import token_sequences
 from mxd_saelens.evaluation.evaluate_and_report import evaluate_and_specialise
-from mxd_saelens.saes.paired import BALANCE_MODES, BALANCE_SCHEDULES
+from mxd_saelens.saes.paired import BALANCE_MODES, BALANCE_SCHEDULES, DEFAULT_BALANCE_WINDOW
 
 RECIPE_KEYS = ("architecture", "k", "start", "lr")
 
@@ -220,7 +220,7 @@ def main() -> None:
     recipes |= also
     opts.model = grid_result["model"]
     opts.balance_rate, grid_mode = grid.balance_of(grid_result)
-    grid_window = grid.balance_window_of(grid_result, 8)
+    grid_window = grid.balance_window_of(grid_result, DEFAULT_BALANCE_WINDOW)
     opts.balance_window = opts.balance_window or grid_window
     balance_as_grid = (
         opts.balance_mode in (None, grid_mode)

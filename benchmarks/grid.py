@@ -53,6 +53,7 @@ from mxd_saelens.evaluation.evaluate_and_report import evaluate_and_specialise
 from mxd_saelens.evaluation.loss import Evaluation
 from mxd_saelens.evaluation.specialisation import LayerSpecialisation, layer_specialisation
 from mxd_saelens.reading.probing.probe import compare_probes
+from mxd_saelens.saes.paired import DEFAULT_BALANCE_WINDOW
 
 STARTS = ("paper", "mlp_encoder", "balanced", "mlp_encoder_balanced")
 ROW_FIELDS = ("delta_ce", "delta_ce_se", "kl", "kl_se", "nmse", "l0", "dead_fraction")
@@ -91,7 +92,7 @@ def recipe_fields(
     balance_rate: float,
     balance_mode: str,
     balance_schedule: str = "constant",
-    balance_window: int = 8,
+    balance_window: int = DEFAULT_BALANCE_WINDOW,
 ) -> dict[str, Any]:
     """The config fields of one recipe (besides the architecture and its size)."""
     fields: dict[str, Any] = {
@@ -297,7 +298,10 @@ def main() -> None:
     parser.add_argument("--balance_rate", type=float, default=1e-2, help="for start 'balanced'")
     parser.add_argument("--balance_mode", default="revive", help="for start 'balanced'")
     parser.add_argument(
-        "--balance_window", type=int, default=8, help="for --balance_mode revive_dead: steps"
+        "--balance_window",
+        type=int,
+        default=DEFAULT_BALANCE_WINDOW,
+        help="for --balance_mode revive_dead: steps",
     )
     parser.add_argument("--tokens", type=int, default=2_000_000)
     parser.add_argument(

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import mxd_saelens as mxd
-from benchmarks.centred_balance import bias_drift, transcoder_entries
+from benchmarks.balancing_runs import bias_drift
+from benchmarks.centred_balance import transcoder_entries
 
 FIGURES = {"kl": 0.01, "kl_se": 0.001, "dead_fraction": 0.0}
 

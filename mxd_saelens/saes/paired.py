@@ -90,6 +90,7 @@ class DeadFeatureAuxFields:
 
 BALANCE_MODES: tuple[str, ...] = ("sign", "revive", "revive_centred", "revive_dead")
 BALANCE_SCHEDULES: tuple[str, ...] = ("constant", "lr")
+DEFAULT_BALANCE_WINDOW = 8  # steps; see SelectionBalanceFields.balance_window
 
 
 @dataclass(kw_only=True)
@@ -120,7 +121,7 @@ class SelectionBalanceFields:
     (``benchmarks/results/centred_balance.json``). ``revive_dead`` asks only that a code fire
     once per window: a code the gradient wants rare settles where it just meets that, instead of
     being pushed toward firing in every batch."""
-    balance_window: int = 8
+    balance_window: int = DEFAULT_BALANCE_WINDOW
     """``revive_dead`` only: how many steps in a row a code must be silent before it is raised
     (SAELens's trainer counts them, ``n_forward_passes_since_fired``)."""
     balance_schedule: str = "constant"

@@ -27,8 +27,11 @@ test (the second). Each candidate is spliced into the model on both and its code
 meet the readability floor (dead fraction on validation ≤ ``--max_dead`` and probe F1 ≥ the best
 probe F1 of the TopK transcoder's live candidates at that k minus ``--probe_margin``: readable
 as the baseline is, the floor the comparison is judged by), the lowest validation ΔCE; if none
-meets it, the lowest validation ΔCE outright, flagged. The selected MxD is compared with each
-selected transcoder on test with paired standard errors (ΔCE, KL and probe F1).
+meets it, the candidate nearest the floor, flagged: the best probe F1 among those with at most
+``--max_dead`` dead (the fewest dead, where none has so few). Faithfulness never decides a
+candidate that is not readable: a layer as exact as the MLP but with its experts dead is the
+dense MLP again. The selected MxD is compared with each selected transcoder on test with paired
+standard errors (ΔCE, KL and probe F1).
 """
 
 from __future__ import annotations
@@ -166,7 +169,8 @@ def ranked(
     rows: dict[str, dict[str, Any]], max_dead: float, probe_margin: float
 ) -> dict[str, dict[str, Any]]:
     """(architecture, k) → its candidates that meet the floor, most faithful on validation
-    first (all of them, flagged, when none does), with the floor."""
+    first, with the floor; when none meets it, all of them, flagged, nearest the floor first
+    (:func:`nearest_the_floor`)."""
     out = {}
     for k in sorted({row["k"] for row in rows.values()}):
         at_k = {name: row for name, row in rows.items() if row["k"] == k}
@@ -178,13 +182,28 @@ def ranked(
                 for n, r in pool.items()
                 if r["validation"]["dead_fraction"] <= max_dead and r["probe_f1"] >= floor_f1
             ]
-            names = sorted(readable or pool, key=lambda n: pool[n]["validation"]["delta_ce"])
+            if readable:
+                names = sorted(readable, key=lambda n: pool[n]["validation"]["delta_ce"])
+            else:
+                names = sorted(pool, key=lambda n: nearest_the_floor(pool[n], max_dead))
             out[f"{architecture}-k{k}"] = {
                 "names": names,
                 "met_floor": bool(readable),
                 "floor": {"max_dead": max_dead, "min_probe_f1": floor_f1},
             }
     return out
+
+
+def nearest_the_floor(row: dict[str, Any], max_dead: float) -> tuple[float, ...]:
+    """Sort key of the fallback, when no candidate meets the floor: the live candidates (at most
+    ``max_dead`` dead) by probe F1, best first, then the rest by dead fraction, fewest first;
+    validation ΔCE breaks ties. The fallback keeps the rule's priority, readability before
+    faithfulness, instead of taking the most faithful layer, which is here the least readable."""
+    dead = row["validation"]["dead_fraction"]
+    delta_ce = row["validation"]["delta_ce"]
+    if dead <= max_dead:
+        return (0.0, -row["probe_f1"], delta_ce)
+    return (1.0, dead, delta_ce)
 
 
 def select(

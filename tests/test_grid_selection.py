@@ -59,6 +59,29 @@ def test_an_architecture_with_no_readable_candidate_is_flagged_not_dropped():
     assert selected["mxd-k32"]["met_floor"] and selected["topk_transcoder-k32"]["met_floor"]
 
 
+def test_with_no_readable_candidate_the_one_nearest_the_floor_is_taken_not_the_most_faithful():
+    # the floor is 0.89; no MxD meets it. The most faithful is collapsed (the dense MLP behind a
+    # gate), the next most faithful is live but reads worse than the live one nearest the floor
+    rows = {
+        "mxd-exact-but-dead": row("mxd", 0.0001, 0.94, 0.48),
+        "mxd-live-faithful": row("mxd", 0.0070, 0.01, 0.86),
+        "mxd-live-nearest": row("mxd", 0.0280, 0.02, 0.88),
+        "mxd-half-dead": row("mxd", 0.0040, 0.40, 0.89),
+        "tc-alive": row("topk_transcoder", 0.0070, 0.05, 0.92),
+    }
+    selected = select(rows, max_dead=0.25, probe_margin=0.03)
+    assert selected["mxd-k32"]["name"] == "mxd-live-nearest"
+    assert not selected["mxd-k32"]["met_floor"]
+    # stage 2 retrains the two nearest, in that order: every live one before any over max_dead
+    recipes = stage2_recipes({"candidates": rows}, 2, max_dead=0.25, probe_margin=0.03)
+    mxds = [n for n in recipes if recipes[n]["architecture"] == "mxd"]
+    assert mxds == ["mxd-live-nearest", "mxd-live-faithful"]
+    # with every candidate over max_dead, the fewest dead, whatever its probe or ΔCE
+    dead = {n: r for n, r in rows.items() if r["validation"]["dead_fraction"] > 0.25}
+    dead["tc-alive"] = rows["tc-alive"]
+    assert select(dead, 0.25, 0.03)["mxd-k32"]["name"] == "mxd-half-dead"
+
+
 def test_stage2_retrains_the_best_readable_candidates_in_order():
     stage1 = {"candidates": ROWS}
     recipes = stage2_recipes(stage1, per_architecture=2, max_dead=0.25, probe_margin=0.03)

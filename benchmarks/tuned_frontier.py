@@ -49,7 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.common import write_result
-from benchmarks.grid import probe_floor, select
+from benchmarks.grid import best_live_reference_f1, select
 
 RATIO_TARGETS = {"topk_transcoder": 0.4, "topk_skip_transcoder": 0.5}
 BUDGET_TARGET = 16_000_000  # tokens per layer
@@ -152,10 +152,13 @@ def merged_point(budgets: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def floor_of(grid: dict[str, Any]) -> tuple[float, float]:
-    """The grid's readability floor as (max dead fraction, probe margin), recovered from the
-    floor it recorded and the TopK transcoder's best live probe F1 among its candidates."""
+    """The grid's readability floor as (max dead fraction, probe margin): as recorded, or, in
+    results written before the floor recorded its margin (and followed the best live TopK
+    transcoder), recovered from that best probe F1."""
     floor = next(iter(grid["selected"].values()))["floor"]
-    best = probe_floor(grid["candidates"], floor["max_dead"], 0.0)
+    if "probe_margin" in floor:
+        return floor["max_dead"], floor["probe_margin"]
+    best = best_live_reference_f1(grid["candidates"], floor["max_dead"])
     return floor["max_dead"], best - floor["min_probe_f1"]
 
 

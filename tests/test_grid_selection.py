@@ -38,15 +38,16 @@ ROWS = {
     "tc-alive": row("topk_transcoder", 0.0070, 0.05, 0.92),
     "skip-all-dead": row("topk_skip_transcoder", 0.0060, 0.50, 0.92),
 }
+FLOOR = {"max_dead": 0.25, "min_probe_f1": 0.92 - 0.03, "probe_margin": 0.03}
 
 
 def test_the_floor_is_applied_before_faithfulness():
     selected = select(ROWS, max_dead=0.25, probe_margin=0.03)
     assert selected["mxd-k32"]["name"] == "mxd-good"  # not the exact but collapsed one
     assert selected["topk_transcoder-k32"]["name"] == "tc-alive"
-    # the floor is relative to the best live TopK transcoder at this k (0.92; the dead one's
-    # 0.93 does not count), the same for everyone
-    assert selected["mxd-k32"]["floor"] == {"max_dead": 0.25, "min_probe_f1": 0.92 - 0.03}
+    # the floor is relative to the TopK transcoder the row compares against (the live one,
+    # 0.92; the dead one's 0.93 does not count), the same for everyone
+    assert selected["mxd-k32"]["floor"] == FLOOR
 
 
 def test_an_architecture_with_no_readable_candidate_is_flagged_not_dropped():
@@ -54,7 +55,7 @@ def test_an_architecture_with_no_readable_candidate_is_flagged_not_dropped():
     assert selected["topk_skip_transcoder-k32"] == {
         "name": "skip-all-dead",
         "met_floor": False,
-        "floor": {"max_dead": 0.25, "min_probe_f1": 0.92 - 0.03},
+        "floor": FLOOR,
     }
     assert selected["mxd-k32"]["met_floor"] and selected["topk_transcoder-k32"]["met_floor"]
 
@@ -100,6 +101,26 @@ def test_the_floor_is_the_baselines_readability_not_the_luckiest_candidates():
     no_reference = {n: r for n, r in ROWS.items() if r["architecture"] != "topk_transcoder"}
     floor = select(no_reference, 0.25, 0.03)["mxd-k32"]["floor"]["min_probe_f1"]
     assert floor == pytest.approx(0.93 - 0.03)
+
+
+def test_the_floor_follows_the_selected_transcoder_not_its_best_probing_candidate():
+    # the probe target compares the MxD with the TopK transcoder the row reports: the most
+    # faithful live one (0.90), not the best probing of its candidates (0.95), which would set a
+    # floor above the target and exclude an MxD that meets it
+    rows = {
+        "tc-faithful": row("topk_transcoder", 0.0050, 0.05, 0.90),
+        "tc-readable": row("topk_transcoder", 0.0080, 0.05, 0.95),
+        "tc-dead-and-faithful": row("topk_transcoder", 0.0010, 0.60, 0.80),
+        "mxd-meets-the-target": row("mxd", 0.0020, 0.00, 0.875),
+        "mxd-reads-like-the-best": row("mxd", 0.0040, 0.00, 0.93),
+    }
+    selected = select(rows, max_dead=0.25, probe_margin=0.03)
+    assert selected["topk_transcoder-k32"]["name"] == "tc-faithful"
+    assert selected["mxd-k32"]["floor"]["min_probe_f1"] == pytest.approx(0.90 - 0.03)
+    assert selected["mxd-k32"]["name"] == "mxd-meets-the-target"
+    # with no live TopK transcoder, the fewest dead sets the floor
+    dead = {n: r for n, r in rows.items() if n != "tc-faithful" and n != "tc-readable"}
+    assert select(dead, 0.25, 0.03)["mxd-k32"]["floor"]["min_probe_f1"] == pytest.approx(0.77)
 
 
 def test_every_candidate_states_its_balancing():

@@ -30,9 +30,8 @@ the baseline is, the probe target the row is judged by), the lowest validation Î
 meets it, the candidate nearest the floor, flagged: the best probe F1 among those with at most
 ``--max_dead`` dead (the fewest dead, where none has so few). That TopK transcoder is chosen
 first, by the dead-fraction floor alone: its most faithful candidate with at most ``--max_dead``
-dead. Faithfulness never decides a
-candidate that is not readable: a layer as exact as the MLP but with its experts dead is the
-dense MLP again. The selected MxD is compared with each selected transcoder on test with paired
+dead. Faithfulness never decides a candidate that is not readable: a layer as exact as the MLP
+but with its experts dead is the dense MLP again. The selected MxD is compared with each selected transcoder on test with paired
 standard errors (Î”CE, KL and probe F1).
 """
 

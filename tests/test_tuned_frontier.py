@@ -13,6 +13,7 @@ from benchmarks.tuned_frontier import (
     at_largest_budget,
     candidate_rows,
     degraded_layers,
+    floor_of,
     grid_section,
     merged_point,
     retrained_section,
@@ -347,3 +348,13 @@ def test_a_run_balanced_otherwise_than_the_grid_is_kept_off_the_frontier():
     assert retrained_section(GRID, merged_point([other]))["rows"]
     with pytest.raises(SystemExit, match=r"o.json balanced its layers otherwise than the grid"):
         at_largest_budget([("g.json", as_grid), ("o.json", other)])
+
+
+def test_the_floor_s_margin_is_read_as_recorded_or_recovered_from_an_older_result():
+    # older results record only the floor; it was then the best live TopK candidate's probe F1
+    # (all 0.9 here) less the margin, so the margin is recovered from it
+    assert floor_of(GRID) == (0.25, pytest.approx(0.9 - 0.87))
+    recorded = copy.deepcopy(GRID)
+    for choice in recorded["selected"].values():
+        choice["floor"] = {"max_dead": 0.2, "min_probe_f1": 0.85, "probe_margin": 0.05}
+    assert floor_of(recorded) == (0.2, 0.05)

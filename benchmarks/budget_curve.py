@@ -181,6 +181,11 @@ def main() -> None:
         help="grid candidates (by name) trained beside the selected recipes, for a diagnostic",
     )
     parser.add_argument(
+        "--also_only",
+        action="store_true",
+        help="train the --also candidates alone, without the selected recipes",
+    )
+    parser.add_argument(
         "--balance_mode",
         choices=BALANCE_MODES,
         help="the balanced starts' balancing mode instead of the grid's, for a diagnostic",
@@ -217,7 +222,9 @@ def main() -> None:
     also = named_candidates(grid_result, opts.also)
     if set(also) & set(recipes):
         raise SystemExit(f"--also {sorted(set(also) & set(recipes))}: already trained by this run")
-    recipes |= also
+    if opts.also_only and not also:
+        raise SystemExit("--also_only needs --also")
+    recipes = also if opts.also_only else recipes | also
     opts.model = grid_result["model"]
     opts.balance_rate, grid_mode = grid.balance_of(grid_result)
     grid_window = grid.balance_window_of(grid_result, DEFAULT_BALANCE_WINDOW)
@@ -245,6 +252,7 @@ def main() -> None:
                 "lr_step_down": opts.lr_step_down,
                 "with_lr_step_down": opts.with_lr_step_down,
                 "also": sorted(also),
+                "also_only": opts.also_only,
                 "balance": {
                     "rate": opts.balance_rate,
                     "mode": opts.balance_mode,

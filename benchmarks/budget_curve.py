@@ -25,9 +25,10 @@ budget among the selected recipe and this one, on validation under the grid's fl
 selected recipe already at the lowest rate is trained alone).
 
 ``--also NAME …`` adds grid candidates that were not selected (from stage 2 or stage 1, by
-name) for a diagnostic: what a recipe the procedure left out measures at this budget, paired
-with the selected ones. Such a result is not part of the procedure, and
-``benchmarks/tuned_frontier.py`` refuses it (its recipes are not selected ones).
+name): what a recipe the procedure left out measures at this budget, paired with the selected
+ones (``--also_only``: without them). ``benchmarks/tuned_frontier.py`` pools such a run with
+the selected recipes' at the same budget, since every recipe of the grid's space trained at the
+reported budget is a candidate there, whichever architecture it strengthens.
 
 ``--balance_mode`` (with ``--balance_window``) and ``--balance_schedule`` train the balanced
 starts with another balancing than the grid's

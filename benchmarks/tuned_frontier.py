@@ -13,18 +13,23 @@ comparisons), each row also with its ``tokens``, ``lr_grid``, ``selected_on`` ("
 ``reported_on`` ("test"), ``probe_f1`` and ``probe_f1_se``. Each grid must be a stage-2 result
 (or a single-stage one): the rows are its selected candidates. ``--retrained`` takes results of
 ``benchmarks/budget_curve.py`` (matched to a grid by model and k; several for one (model, k) are
-merged at their largest budget; a result that ends at a smaller one is superseded and only
+pooled at their largest budget; a result that ends at a smaller one is superseded and only
 listed under ``sources`` and in ``--candidates_out``). They must retrain every recipe the grid
-selected, and may add each selected start one rate lower (``budget_curve.py --lr_step_down``,
-or ``--with_lr_step_down`` for both in one run).
+selected, and may add any other recipe of the grid's space (a start of its ``starts`` at a rate
+of its ``lr_grid``, balanced as the grid balanced): each selected start one rate lower
+(``budget_curve.py --lr_step_down``, or ``--with_lr_step_down`` for both in one run), the
+selections of an earlier stage 2, or named candidates (``--also``). Every such run at the
+budget joins the pool, whichever architecture it strengthens: a baseline is never weaker for
+it. A recipe trained in two results counts once, as the later-listed result measured it.
 That budget's rows replace the grid's for that (model, k), reported on the same test half: the
-selected recipes themselves, or, where lowered rates were trained, each architecture selected
-again among its two recipes at this budget by the grid's own rule (a recipe chosen at 2M tokens
-may be too fast for a run eight times longer). A comparison of two layers from different runs
-adds their SEs in quadrature (``paired``: false). The grid's rows stay instead if a retrained
-row measures worse on test than its architecture's selected row at the grid's budget by more
-than 2 SE (``degraded_layers``): the longer run then gave no tuned layer, and the source records
-the figures.
+selected recipes themselves, or, where more were trained, each architecture selected again
+among its recipes at this budget by the grid's own rule (a recipe chosen at 2M tokens may be
+too fast for a run eight times longer, and a balancing that drifts over a long run may leave a
+cold start ahead). A comparison of two layers from different runs adds their SEs in quadrature
+(``paired``: false). The grid's rows stay instead if a retrained row measures worse on test
+than its architecture's selected row at the grid's budget by more than 2 SE
+(``degraded_layers``): the longer run then gave no tuned layer, and the source records the
+figures.
 
 The targets, per (model, k): the MxD's test ΔCE at most 0.4× the TopK transcoder's and 0.5×
 the skip transcoder's, each difference more than 3 paired SE; the MxD's dead fraction at most
@@ -49,7 +54,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.common import write_result
-from benchmarks.grid import best_live_reference_f1, select
+from benchmarks.grid import balance_of, best_live_reference_f1, is_balanced, select
 
 RATIO_TARGETS = {"topk_transcoder": 0.4, "topk_skip_transcoder": 0.5}
 BUDGET_TARGET = 16_000_000  # tokens per layer
@@ -59,8 +64,15 @@ SPECIALISATION = ("probe_f1", "probe_f1_se", "top_share", "effective_experts")
 RECIPE = ("architecture", "k", "start", "lr")
 
 
-def frontier_row(name: str, row: dict[str, Any], grid: dict[str, Any], choice: dict) -> dict:
-    """One selected candidate as a frontier row, measured on test."""
+def frontier_row(
+    name: str,
+    row: dict[str, Any],
+    grid: dict[str, Any],
+    choice: dict,
+    train_device: str | None = None,
+) -> dict:
+    """One selected candidate as a frontier row, measured on test; ``train_device`` where it was
+    trained by another run than the grid (a retrained budget)."""
     test = row["test"]
     return {
         "name": name,
@@ -72,7 +84,7 @@ def frontier_row(name: str, row: dict[str, Any], grid: dict[str, Any], choice: d
         "recipe": {"start": row["start"], "lr": row["lr"], "schedule": row["schedule"]},
         "tokens": row["tokens"],
         "training_tokens": row["tokens"],
-        "train_device": grid.get("train_device", "cpu"),
+        "train_device": train_device or grid.get("train_device", "cpu"),
         "lr_grid": grid["lr_grid"],
         "starts": grid["starts"],
         "selected_on": grid["selected_on"],
@@ -109,16 +121,13 @@ def at_largest_budget(
 ) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]:
     """One (model, k)'s budget-curve results (path, result) split into those that end at the
     largest budget among them, which stand in for the grid's rows, and the earlier ones, which
-    are only listed (a shorter run superseded by a longer one). A diagnostic run that trained
-    candidates the procedure did not select (``budget_curve.py --also``), or balanced them
-    otherwise than the grid (``--balance_mode``, ``--balance_schedule``), is refused."""
+    are only listed (a shorter run superseded by a longer one). A diagnostic run that balanced
+    its layers otherwise than the grid (``--balance_mode``, ``--balance_schedule``) is refused:
+    the grid selected its recipes with its own balancing."""
     for path, budget in runs:
-        if budget.get("also"):
-            raise SystemExit(
-                f"{path} also trained {budget['also']} (budget_curve.py --also): a diagnostic, "
-                "not part of the procedure; leave it out of --retrained"
-            )
-        if not budget.get("balance_as_grid", True):
+        # results written before balance_as_grid was recorded still record their schedule
+        schedule = budget.get("balance", {}).get("schedule", "constant")
+        if not budget.get("balance_as_grid", True) or schedule != "constant":
             raise SystemExit(
                 f"{path} balanced its layers otherwise than the grid ({budget['balance']}; "
                 "budget_curve.py --balance_mode/--balance_schedule): a diagnostic, not part of "
@@ -131,9 +140,12 @@ def at_largest_budget(
     return latest, earlier
 
 
-def merged_point(budgets: list[dict[str, Any]]) -> dict[str, Any]:
+def merged_point(budgets: list[dict[str, Any]], paths: list[str] | None = None) -> dict[str, Any]:
     """The largest points of one (model, k)'s budget curves, which must share their budget, as
-    one point: the selected recipes' run and, where made, the ``--lr_step_down`` run."""
+    one pool. A recipe trained in two of them counts once, as the later one measured it (the
+    earlier measurement is kept under ``repeats``); a run's paired comparisons are kept where
+    both of its layers are the ones the pool uses."""
+    paths = paths or [f"run {i + 1}" for i in range(len(budgets))]
     points = [largest_point(budget) for budget in budgets]
     if len({point["tokens"] for point in points}) != 1:
         raise SystemExit(
@@ -141,14 +153,29 @@ def merged_point(budgets: list[dict[str, Any]]) -> dict[str, Any]:
             f"{sorted(p['tokens'] for p in points)} tokens: give runs of one budget"
         )
     layers: dict[str, Any] = {}
-    comparisons: list[dict[str, Any]] = []
-    for point in points:
-        twice = set(layers) & set(point["layers"])
-        if twice:
-            raise SystemExit(f"{sorted(twice)} retrained in two results: give each once")
-        layers |= point["layers"]
-        comparisons += [{**c, "paired": True} for c in point["comparisons"]]
-    return {"tokens": points[0]["tokens"], "layers": layers, "comparisons": comparisons}
+    source_of: dict[str, str] = {}
+    device_of: dict[str, str] = {}
+    repeats: list[dict[str, Any]] = []
+    for path, point, budget in zip(paths, points, budgets, strict=True):
+        for name, row in point["layers"].items():
+            if name in layers:
+                repeats.append({"name": name, "source": source_of[name], "row": layers[name]})
+            layers[name], source_of[name] = row, path
+            device_of[name] = budget.get("device", "cpu")
+    comparisons = [
+        {**c, "paired": True}
+        for path, point in zip(paths, points, strict=True)
+        for c in point["comparisons"]
+        if source_of.get(c["a"]) == path and source_of.get(c["b"]) == path
+    ]
+    return {
+        "tokens": points[0]["tokens"],
+        "layers": layers,
+        "source_of": source_of,
+        "device_of": device_of,
+        "repeats": repeats,
+        "comparisons": comparisons,
+    }
 
 
 def floor_of(grid: dict[str, Any]) -> tuple[float, float]:
@@ -188,10 +215,10 @@ def unpaired_comparison(k: int, a: str, row_a: dict, b: str, row_b: dict) -> dic
 def retrained_section(grid: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]:
     """The grid's selection at a retrained (merged) point's budget, in the grid's place.
 
-    The point must hold every recipe the grid selected, and may hold each selected start at
-    other rates of the grid's ``lr_grid``. With only the selected recipes, they are the rows.
-    With more, each architecture is selected again among its recipes at this budget by the
-    grid's own rule (lowest validation ΔCE under the readability floor, the floor recomputed
+    The point must hold every recipe the grid selected, and may hold any other recipe of the
+    grid's space (a start of its ``starts`` at a rate of its ``lr_grid``, balanced as the grid
+    balanced). With only the selected recipes, they are the rows. With more, each architecture
+    is selected again among its recipes at this budget by the grid's own rule (lowest validation ΔCE under the readability floor, the floor recomputed
     from this budget's TopK transcoders, or the candidate nearest the floor where none meets
     it): tuned at the budget it is reported at."""
     layers = point["layers"]
@@ -204,16 +231,19 @@ def retrained_section(grid: dict[str, Any], point: dict[str, Any]) -> dict[str, 
     for name in selected:
         if any(layers[name][key] != grid["candidates"][name][key] for key in RECIPE):
             raise SystemExit(f"{name}: the retrained recipe differs from the grid's")
-    starts = {
-        tuple(grid["candidates"][n][key] for key in ("architecture", "k", "start"))
-        for n in selected
-    }
+    k = grid["candidates"][next(iter(selected))]["k"]
+    rate, mode = balance_of(grid)
     for name, row in layers.items():
-        same_start = (row["architecture"], row["k"], row["start"]) in starts
-        if name not in selected and not (same_start and row["lr"] in grid["lr_grid"]):
+        in_space = row["k"] == k and row["start"] in grid["starts"] and row["lr"] in grid["lr_grid"]
+        if name not in selected and not in_space:
             raise SystemExit(
-                f"{name}: not a selected recipe nor a selected start at a rate of the grid's "
-                f"lr_grid {grid['lr_grid']}"
+                f"{name}: not a recipe of the grid's space (k = {k}, a start of {grid['starts']} "
+                f"at a rate of its lr_grid {grid['lr_grid']})"
+            )
+        if is_balanced(row["start"]) and (row["balance_mode"], row["balance_rate"]) != (mode, rate):
+            raise SystemExit(
+                f"{name}: balanced with {row['balance_mode']} at {row['balance_rate']}, the grid "
+                f"with {mode} at {rate}: a diagnostic, not part of the procedure"
             )
     if set(layers) == set(selected):
         choices = {
@@ -225,8 +255,10 @@ def retrained_section(grid: dict[str, Any], point: dict[str, Any]) -> dict[str, 
             choice["name"]: {**choice, "selected_at_tokens": point["tokens"]}
             for choice in select(layers, max_dead, margin).values()
         }
-    rows = [frontier_row(name, layers[name], grid, choice) for name, choice in choices.items()]
-    k = rows[0]["k"]
+    rows = [
+        frontier_row(name, layers[name], grid, choice, point["device_of"][name])
+        for name, choice in choices.items()
+    ]
     mxd = next(row["name"] for row in rows if row["architecture"] == "mxd")
     paired = {(c["a"], c["b"]): c for c in point["comparisons"]}
     comparisons = [
@@ -314,7 +346,8 @@ def candidate_rows(
 ) -> list[dict[str, Any]]:
     """Every candidate of a grid and of its stage 1, one flat row each; with ``retrained``
     (a merged point, the section made from it, its files) also each layer retrained at the
-    larger budget, as stage 3, selected where the section chose it; and the layers of the
+    larger budget, as stage 3, selected where the section chose it, with the file that measured
+    it (and a recipe's earlier measurement, never selected, where it was trained twice); and the layers of the
     ``earlier`` (path, result) runs at smaller budgets, as stage 3, never selected."""
     stages = [(2 if "stage1" in grid else 1, grid, path)]
     if "stage1" in grid:
@@ -323,38 +356,47 @@ def candidate_rows(
         layers = largest_point(budget)["layers"]
         stages.append((3, {"candidates": layers, "selected": {}}, earlier_path))
     if retrained is not None:
-        point, section, files = retrained
+        point, section, _ = retrained
         chosen = {
             f"{row['architecture']}-k{row['k']}": {"name": row["name"]} for row in section["rows"]
         }
-        stages.append((3, {"candidates": point["layers"], "selected": chosen}, files))
+        stages.append((3, {"candidates": point["layers"], "selected": chosen}, point["source_of"]))
     out = []
     for stage, result, source in stages:
         chosen = {choice["name"] for choice in result["selected"].values()}
         for name, row in result["candidates"].items():
-            out.append(
-                {
-                    "model": grid["model"],
-                    "layer": grid["layer"],
-                    "stage": stage,
-                    "name": name,
-                    **{key: row[key] for key in RECIPE},
-                    "init": row["start"],
-                    "schedule": row["schedule"],
-                    "tokens": row["tokens"],
-                    "balance_rate": row["balance_rate"],
-                    **{
-                        f"{split}_{key}": row[split][key]
-                        for split in ("validation", "test")
-                        for key in ("delta_ce", "delta_ce_se", "dead_fraction")
-                    },
-                    "probe_f1": row["probe_f1"],
-                    "probe_f1_se": row["probe_f1_se"],
-                    "selected": name in chosen,
-                    "source": source,
-                }
-            )
+            row_source = source[name] if isinstance(source, dict) else source
+            out.append(flat_candidate(grid, stage, name, row, name in chosen, row_source))
+    if retrained is not None:  # a recipe measured twice: the measurement the pool did not use
+        for again in retrained[0]["repeats"]:
+            out.append(flat_candidate(grid, 3, again["name"], again["row"], False, again["source"]))
     return out
+
+
+def flat_candidate(
+    grid: dict[str, Any], stage: int, name: str, row: dict[str, Any], selected: bool, source: str
+) -> dict[str, Any]:
+    """One candidate of one stage as a flat row of ``--candidates_out``."""
+    return {
+        "model": grid["model"],
+        "layer": grid["layer"],
+        "stage": stage,
+        "name": name,
+        **{key: row[key] for key in RECIPE},
+        "init": row["start"],
+        "schedule": row["schedule"],
+        "tokens": row["tokens"],
+        "balance_rate": row["balance_rate"],
+        **{
+            f"{split}_{key}": row[split][key]
+            for split in ("validation", "test")
+            for key in ("delta_ce", "delta_ce_se", "dead_fraction")
+        },
+        "probe_f1": row["probe_f1"],
+        "probe_f1_se": row["probe_f1_se"],
+        "selected": selected,
+        "source": source,
+    }
 
 
 def main() -> None:
@@ -385,7 +427,7 @@ def main() -> None:
         if len(ks) == 1 and (grid["model"], *ks) in budgets:
             runs, earlier = at_largest_budget(budgets[(grid["model"], *ks)])
             earlier_of[path] = earlier
-            point = merged_point([budget for _, budget in runs])
+            point = merged_point([budget for _, budget in runs], [p for p, _ in runs])
             retrained = retrained_section(grid, point)  # refuses other recipes first
             retrained_of[path] = (point, retrained, " ".join(p for p, _ in runs))
             degraded = degraded_layers(grid, retrained)
@@ -393,7 +435,15 @@ def main() -> None:
             if earlier:
                 source |= {"superseded_by_the_larger_budget": [p for p, _ in earlier]}
             if len(point["layers"]) > len(retrained["rows"]):
-                source |= {"reselected_among": sorted(point["layers"])}
+                source |= {"reselected_among": point["source_of"]}
+            if point["repeats"]:
+                source |= {
+                    "repeated_recipes": [
+                        {"name": r["name"], "measured_in": r["source"], "used_from": source_of}
+                        for r in point["repeats"]
+                        for source_of in [point["source_of"][r["name"]]]
+                    ]
+                }
             if degraded:
                 source |= {"retrained_not_used": [p for p, _ in runs], "degraded": degraded}
             else:
@@ -411,7 +461,8 @@ def main() -> None:
             )
         for key, checks in targets(section).items():
             checked[key] = checks
-            sources[key] = source | {"train_device": grid.get("train_device", "cpu")}
+            devices = sorted({row["train_device"] for row in section["rows"]})
+            sources[key] = source | {"train_device": "+".join(devices)}
     for per_model in results.values():
         per_model["rows"].sort(key=lambda r: (r["k"], r["architecture"]))
         per_model["selection"] = (

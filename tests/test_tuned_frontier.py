@@ -1,6 +1,7 @@
 """The tuned frontier (benchmarks/tuned_frontier.py): the grid's selected rows reported on test,
 the targets checked against the paired comparisons, a retrained budget taking the grid's place
-only when it retrained exactly the selected recipes, and every candidate of both stages listed."""
+with every recipe of the grid's space trained at it pooled and selected again, and every
+candidate of every stage listed."""
 
 from __future__ import annotations
 
@@ -247,18 +248,81 @@ def test_a_reselected_row_still_worse_than_at_the_grid_budget_is_flagged():
     assert list(flagged) == ["tc-a-lr0.001"] and flagged["tc-a-lr0.001"]["compared_with"] == "tc-a"
 
 
-def test_merging_refuses_mixed_budgets_repeats_and_other_starts():
+def test_merging_refuses_mixed_budgets_and_recipes_outside_the_grid_s_space():
     at_16m = budget_with(retrained_at_16m())
     at_8m = copy.deepcopy(stepped_down_at_16m())
     at_8m["points"][-1]["tokens"] = 8_000_000
     with pytest.raises(SystemExit, match="give runs of one budget"):
         merged_point([at_16m, at_8m])
-    with pytest.raises(SystemExit, match="retrained in two results"):
-        merged_point([at_16m, budget_with(retrained_at_16m())])
     other = stepped_down_at_16m()
-    other["points"][-1]["layers"]["tc-a-lr0.001"]["start"] = "balanced"
-    with pytest.raises(SystemExit, match="not a selected recipe"):
+    other["points"][-1]["layers"]["tc-a-lr0.001"]["start"] = "balanced"  # not in GRID's starts
+    with pytest.raises(SystemExit, match="not a recipe of the grid's space"):
         retrained_section(GRID, merged_point([at_16m, other]))
+    faster = stepped_down_at_16m()
+    faster["points"][-1]["layers"]["tc-a-lr0.001"]["lr"] = 3e-2  # not in the lr grid
+    with pytest.raises(SystemExit, match="not a recipe of the grid's space"):
+        retrained_section(GRID, merged_point([at_16m, faster]))
+
+
+def test_a_recipe_trained_twice_counts_once_as_the_later_run_measured_it():
+    first = retrained_at_16m()
+    first["skip-a"]["validation"]["delta_ce"] = 0.0001  # would win if both counted
+    again = retrained_at_16m()
+    point = merged_point([budget_with(first), budget_with(again)], ["old.json", "new.json"])
+    assert point["layers"]["skip-a"] is again["skip-a"]
+    assert set(point["source_of"].values()) == {"new.json"}
+    assert [(r["name"], r["source"]) for r in point["repeats"]] == [
+        ("mxd-a", "old.json"),
+        ("tc-a", "old.json"),
+        ("skip-a", "old.json"),
+    ]
+    assert {c["b"] for c in point["comparisons"]} == {"tc-a", "skip-a"}
+    assert len(point["comparisons"]) == 2  # the earlier run's pairs are not counted twice
+    section = retrained_section(GRID, point)
+    rows = candidate_rows(GRID, "grid.json", (point, section, "old.json new.json"))
+    from_old = [row for row in rows if row["source"] == "old.json"]
+    assert len(from_old) == 3 and not any(row["selected"] for row in from_old)
+
+
+def test_a_stronger_baseline_from_another_run_joins_the_pool_and_can_cost_the_mxd_its_target():
+    # a cold skip transcoder trained at the budget by another run (an earlier stage 2's pick,
+    # a named candidate): better on validation than the selected one, so it is the baseline
+    cold_skip = {
+        **copy.deepcopy(GRID["candidates"]["skip-a"]),
+        "tokens": 16_000_000,
+        "lr": 1e-3,
+        "validation": {**SPLIT, "delta_ce": 0.004, "dead_fraction": 0.0},
+        "test": {**SPLIT, "delta_ce": 0.005, "dead_fraction": 0.0},
+    }
+    other_run = {**budget_with({"skip-a-lr0.001": cold_skip}), "also": ["skip-a-lr0.001"]}
+    latest, _ = at_largest_budget(
+        [("sel.json", budget_with(retrained_at_16m())), ("o.json", other_run)]
+    )
+    point = merged_point([b for _, b in latest], [p for p, _ in latest])
+    section = retrained_section(GRID, point)
+    by_architecture = {row["architecture"]: row["name"] for row in section["rows"]}
+    assert by_architecture["topk_skip_transcoder"] == "skip-a-lr0.001"
+    (against,) = [c for c in section["comparisons"] if c["b"] == "skip-a-lr0.001"]
+    assert not against["paired"] and against["delta_ce_ratio"] == pytest.approx(0.003 / 0.005)
+    assert not targets(section)["tiny-gelu-k8"]["ratio_to_topk_skip_transcoder_at_most_0.5"]["met"]
+    assert point["source_of"]["skip-a-lr0.001"] == "o.json"
+
+
+def test_a_balanced_recipe_must_be_balanced_as_the_grid_balanced_it():
+    grid = copy.deepcopy(GRID)
+    grid["starts"] = ["paper", "balanced"]
+    balanced = {**candidate("topk_transcoder", 0.011, 0.0), "start": "balanced"}
+    grid["candidates"]["tc-b"] = {**balanced, "balance_rate": 0.01, "balance_mode": "revive"}
+    for row in grid["candidates"].values():
+        row.setdefault("balance_mode", None)
+    layers = retrained_at_16m()
+    layers["tc-b"] = {**copy.deepcopy(grid["candidates"]["tc-b"]), "tokens": 16_000_000}
+    assert retrained_section(grid, merged_point([budget_with(layers)]))["rows"]
+    layers["tc-b"]["balance_mode"] = "revive_dead"
+    with pytest.raises(
+        SystemExit, match=r"balanced with revive_dead at 0\.01, the grid with revive"
+    ):
+        retrained_section(grid, merged_point([budget_with(layers)]))
 
 
 def test_the_retrained_layers_are_listed_as_a_third_stage_with_the_budget_s_choice():
@@ -269,7 +333,7 @@ def test_the_retrained_layers_are_listed_as_a_third_stage_with_the_budget_s_choi
             "skip-a": {"validation": {"delta_ce": 0.02}},
         }
     )
-    point = merged_point([budget_with(retrained_at_16m()), slower])
+    point = merged_point([budget_with(retrained_at_16m()), slower], ["a.json", "b.json"])
     section = retrained_section(GRID, point)
     rows = candidate_rows(GRID, "grid.json", (point, section, "a.json b.json"))
     third = {row["name"]: row for row in rows if row["stage"] == 3}
@@ -277,7 +341,7 @@ def test_the_retrained_layers_are_listed_as_a_third_stage_with_the_budget_s_choi
     chosen = {name for name, row in third.items() if row["selected"]}
     assert chosen == {"mxd-a", "tc-a-lr0.001", "skip-a"}
     assert third["tc-a-lr0.001"]["tokens"] == 16_000_000
-    assert third["tc-a"]["source"] == "a.json b.json"
+    assert third["tc-a"]["source"] == "a.json" and third["tc-a-lr0.001"]["source"] == "b.json"
 
 
 def test_the_budget_curve_steps_each_selected_start_down_one_rate():
@@ -312,7 +376,7 @@ def test_a_shorter_run_is_superseded_by_the_longer_one_and_only_listed():
     latest, earlier = at_largest_budget([("a16.json", at_16m), ("a8.json", at_8m)])
     assert [path for path, _ in latest] == ["a16.json"]
     assert [path for path, _ in earlier] == ["a8.json"]
-    point = merged_point([budget for _, budget in latest])
+    point = merged_point([budget for _, budget in latest], [path for path, _ in latest])
     section = retrained_section(GRID, point)
     rows = candidate_rows(GRID, "grid.json", (point, section, "a16.json"), earlier)
     third = [row for row in rows if row["stage"] == 3]
@@ -321,7 +385,7 @@ def test_a_shorter_run_is_superseded_by_the_longer_one_and_only_listed():
     assert sum(row["selected"] for row in third if row["source"] == "a16.json") == 3
 
 
-def test_a_diagnostic_candidate_is_picked_by_name_from_either_stage_and_kept_off_the_frontier():
+def test_a_named_candidate_is_picked_by_name_from_either_stage():
     also = named_candidates(GRID, ["mxd-c", "mxd-b"])
     assert also == {
         "mxd-c": {"architecture": "mxd", "k": 8, "start": "paper", "lr": 1e-2},
@@ -329,14 +393,6 @@ def test_a_diagnostic_candidate_is_picked_by_name_from_either_stage_and_kept_off
     }
     with pytest.raises(SystemExit, match=r"no candidate \['mxd-z'\]"):
         named_candidates(GRID, ["mxd-z"])
-    layers = retrained_at_16m()
-    layers["mxd-c"] = {**copy.deepcopy(GRID["stage1"]["candidates"]["mxd-c"]), "tokens": 16_000_000}
-    diagnostic = {**budget_with(layers), "also": ["mxd-c"]}
-    # the same start at another rate of the lr grid would pass for a lowered rate: the run's
-    # own record of its extra candidates is what keeps it out
-    assert retrained_section(GRID, merged_point([diagnostic]))["rows"]
-    with pytest.raises(SystemExit, match=r"d.json also trained \['mxd-c'\]"):
-        at_largest_budget([("d.json", diagnostic)])
 
 
 def test_a_run_balanced_otherwise_than_the_grid_is_kept_off_the_frontier():
@@ -348,6 +404,9 @@ def test_a_run_balanced_otherwise_than_the_grid_is_kept_off_the_frontier():
     assert retrained_section(GRID, merged_point([other]))["rows"]
     with pytest.raises(SystemExit, match=r"o.json balanced its layers otherwise than the grid"):
         at_largest_budget([("g.json", as_grid), ("o.json", other)])
+    older = {**budget_with(retrained_at_16m()), "balance": {**balance, "schedule": "lr"}}
+    with pytest.raises(SystemExit, match=r"s.json balanced its layers otherwise than the grid"):
+        at_largest_budget([("s.json", older)])  # written before balance_as_grid was recorded
 
 
 def test_the_floor_s_margin_is_read_as_recorded_or_recovered_from_an_older_result():
@@ -358,3 +417,11 @@ def test_the_floor_s_margin_is_read_as_recorded_or_recovered_from_an_older_resul
     for choice in recorded["selected"].values():
         choice["floor"] = {"max_dead": 0.2, "min_probe_f1": 0.85, "probe_margin": 0.05}
     assert floor_of(recorded) == (0.2, 0.05)
+
+
+def test_a_retrained_row_records_where_its_own_run_trained_it():
+    on_gpu = {**copy.deepcopy(GRID), "train_device": "cuda"}
+    assert {row["train_device"] for row in grid_section(on_gpu)["rows"]} == {"cuda"}
+    on_cpu = {**budget_with(retrained_at_16m()), "device": "cpu"}
+    section = retrained_section(on_gpu, merged_point([on_cpu]))
+    assert {row["train_device"] for row in section["rows"]} == {"cpu"}

@@ -216,11 +216,12 @@ def retrained_section(grid: dict[str, Any], point: dict[str, Any]) -> dict[str, 
     """The grid's selection at a retrained (merged) point's budget, in the grid's place.
 
     The point must hold every recipe the grid selected, and may hold any other recipe of the
-    grid's space (a start of its ``starts`` at a rate of its ``lr_grid``, balanced as the grid
-    balanced). With only the selected recipes, they are the rows. With more, each architecture
-    is selected again among its recipes at this budget by the grid's own rule (lowest validation ΔCE under the readability floor, the floor recomputed
-    from this budget's TopK transcoders, or the candidate nearest the floor where none meets
-    it): tuned at the budget it is reported at."""
+    grid's space (one of its architectures, a start of its ``starts`` at a rate of its
+    ``lr_grid``, balanced as the grid balanced). With only the selected recipes, they are the
+    rows. With more, each architecture is selected again among its recipes at this budget by the
+    grid's own rule (lowest validation ΔCE under the readability floor, the floor recomputed from
+    this budget's TopK transcoders, or the candidate nearest the floor where none meets it):
+    tuned at the budget it is reported at."""
     layers = point["layers"]
     selected = {choice["name"]: choice for choice in grid["selected"].values()}
     if not set(selected) <= set(layers):
@@ -232,13 +233,19 @@ def retrained_section(grid: dict[str, Any], point: dict[str, Any]) -> dict[str, 
         if any(layers[name][key] != grid["candidates"][name][key] for key in RECIPE):
             raise SystemExit(f"{name}: the retrained recipe differs from the grid's")
     k = grid["candidates"][next(iter(selected))]["k"]
+    architectures = {grid["candidates"][name]["architecture"] for name in selected}
     rate, mode = balance_of(grid)
     for name, row in layers.items():
-        in_space = row["k"] == k and row["start"] in grid["starts"] and row["lr"] in grid["lr_grid"]
+        in_space = (
+            row["architecture"] in architectures
+            and row["k"] == k
+            and row["start"] in grid["starts"]
+            and row["lr"] in grid["lr_grid"]
+        )
         if name not in selected and not in_space:
             raise SystemExit(
-                f"{name}: not a recipe of the grid's space (k = {k}, a start of {grid['starts']} "
-                f"at a rate of its lr_grid {grid['lr_grid']})"
+                f"{name}: not a recipe of the grid's space ({sorted(architectures)} at k = {k}, "
+                f"a start of {grid['starts']} at a rate of its lr_grid {grid['lr_grid']})"
             )
         if is_balanced(row["start"]) and (row["balance_mode"], row["balance_rate"]) != (mode, rate):
             raise SystemExit(
@@ -347,8 +354,9 @@ def candidate_rows(
     """Every candidate of a grid and of its stage 1, one flat row each; with ``retrained``
     (a merged point, the section made from it, its files) also each layer retrained at the
     larger budget, as stage 3, selected where the section chose it, with the file that measured
-    it (and a recipe's earlier measurement, never selected, where it was trained twice); and the layers of the
-    ``earlier`` (path, result) runs at smaller budgets, as stage 3, never selected."""
+    it (and a recipe's other measurement, never selected, where it was trained twice); and the
+    layers of the ``earlier`` (path, result) runs at smaller budgets, as stage 3, never
+    selected."""
     stages = [(2 if "stage1" in grid else 1, grid, path)]
     if "stage1" in grid:
         stages.insert(0, (1, grid["stage1"], grid["stage1"]["from"]))
@@ -439,9 +447,12 @@ def main() -> None:
             if point["repeats"]:
                 source |= {
                     "repeated_recipes": [
-                        {"name": r["name"], "measured_in": r["source"], "used_from": source_of}
-                        for r in point["repeats"]
-                        for source_of in [point["source_of"][r["name"]]]
+                        {
+                            "name": again["name"],
+                            "measured_in": again["source"],
+                            "used_from": point["source_of"][again["name"]],
+                        }
+                        for again in point["repeats"]
                     ]
                 }
             if degraded:

@@ -262,6 +262,10 @@ def test_merging_refuses_mixed_budgets_and_recipes_outside_the_grid_s_space():
     faster["points"][-1]["layers"]["tc-a-lr0.001"]["lr"] = 3e-2  # not in the lr grid
     with pytest.raises(SystemExit, match="not a recipe of the grid's space"):
         retrained_section(GRID, merged_point([at_16m, faster]))
+    unknown = stepped_down_at_16m()
+    unknown["points"][-1]["layers"]["tc-a-lr0.001"]["architecture"] = "jumprelu_transcoder"
+    with pytest.raises(SystemExit, match="not a recipe of the grid's space"):
+        retrained_section(GRID, merged_point([at_16m, unknown]))
 
 
 def test_a_recipe_trained_twice_counts_once_as_the_later_run_measured_it():

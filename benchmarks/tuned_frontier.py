@@ -348,35 +348,32 @@ def targets(section: dict[str, Any]) -> dict[str, Any]:
 def candidate_rows(
     grid: dict[str, Any],
     path: str,
-    retrained: tuple[dict, dict, str] | None = None,
+    retrained: tuple[dict, dict] | None = None,
     earlier: list[tuple[str, dict[str, Any]]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every candidate of a grid and of its stage 1, one flat row each; with ``retrained``
-    (a merged point, the section made from it, its files) also each layer retrained at the
-    larger budget, as stage 3, selected where the section chose it, with the file that measured
-    it (and a recipe's other measurement, never selected, where it was trained twice); and the
-    layers of the ``earlier`` (path, result) runs at smaller budgets, as stage 3, never
-    selected."""
+    """Every candidate of a grid and of its stage 1, one flat row each; the layers of the
+    ``earlier`` (path, result) runs at smaller budgets, as stage 3, never selected; and with
+    ``retrained`` (a merged point, the section made from it) each layer retrained at the larger
+    budget, as stage 3, selected where the section chose it, with the file that measured it (and
+    a recipe's other measurement, never selected, where it was trained twice)."""
     stages = [(2 if "stage1" in grid else 1, grid, path)]
     if "stage1" in grid:
         stages.insert(0, (1, grid["stage1"], grid["stage1"]["from"]))
     for earlier_path, budget in earlier or []:
         layers = largest_point(budget)["layers"]
         stages.append((3, {"candidates": layers, "selected": {}}, earlier_path))
-    if retrained is not None:
-        point, section, _ = retrained
-        chosen = {
-            f"{row['architecture']}-k{row['k']}": {"name": row["name"]} for row in section["rows"]
-        }
-        stages.append((3, {"candidates": point["layers"], "selected": chosen}, point["source_of"]))
     out = []
     for stage, result, source in stages:
         chosen = {choice["name"] for choice in result["selected"].values()}
         for name, row in result["candidates"].items():
-            row_source = source[name] if isinstance(source, dict) else source
-            out.append(flat_candidate(grid, stage, name, row, name in chosen, row_source))
-    if retrained is not None:  # a recipe measured twice: the measurement the pool did not use
-        for again in retrained[0]["repeats"]:
+            out.append(flat_candidate(grid, stage, name, row, name in chosen, source))
+    if retrained is not None:
+        point, section = retrained
+        chosen = {row["name"] for row in section["rows"]}
+        for name, row in point["layers"].items():
+            source = point["source_of"][name]
+            out.append(flat_candidate(grid, 3, name, row, name in chosen, source))
+        for again in point["repeats"]:  # a recipe measured twice: the measurement not used
             out.append(flat_candidate(grid, 3, again["name"], again["row"], False, again["source"]))
     return out
 
@@ -426,7 +423,7 @@ def main() -> None:
 
     results: dict[str, Any] = {}
     checked, sources = {}, {}
-    retrained_of: dict[str, tuple[dict, dict, str]] = {}
+    retrained_of: dict[str, tuple[dict, dict]] = {}
     earlier_of: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for path, grid in grids.items():
         source = {"file": path, "command": grid["command"], "torch": grid["torch"]}
@@ -437,7 +434,7 @@ def main() -> None:
             earlier_of[path] = earlier
             point = merged_point([budget for _, budget in runs], [p for p, _ in runs])
             retrained = retrained_section(grid, point)  # refuses other recipes first
-            retrained_of[path] = (point, retrained, " ".join(p for p, _ in runs))
+            retrained_of[path] = (point, retrained)
             degraded = degraded_layers(grid, retrained)
             source |= {"retrained_commands": [budget["command"] for _, budget in runs]}
             if earlier:

@@ -283,7 +283,7 @@ def test_a_recipe_trained_twice_counts_once_as_the_later_run_measured_it():
     assert {c["b"] for c in point["comparisons"]} == {"tc-a", "skip-a"}
     assert len(point["comparisons"]) == 2  # the earlier run's pairs are not counted twice
     section = retrained_section(GRID, point)
-    rows = candidate_rows(GRID, "grid.json", (point, section, "old.json new.json"))
+    rows = candidate_rows(GRID, "grid.json", (point, section))
     from_old = [row for row in rows if row["source"] == "old.json"]
     assert len(from_old) == 3 and not any(row["selected"] for row in from_old)
 
@@ -339,7 +339,7 @@ def test_the_retrained_layers_are_listed_as_a_third_stage_with_the_budget_s_choi
     )
     point = merged_point([budget_with(retrained_at_16m()), slower], ["a.json", "b.json"])
     section = retrained_section(GRID, point)
-    rows = candidate_rows(GRID, "grid.json", (point, section, "a.json b.json"))
+    rows = candidate_rows(GRID, "grid.json", (point, section))
     third = {row["name"]: row for row in rows if row["stage"] == 3}
     assert set(third) == set(point["layers"]) and len(rows) == 5 + 6
     chosen = {name for name, row in third.items() if row["selected"]}
@@ -382,7 +382,7 @@ def test_a_shorter_run_is_superseded_by_the_longer_one_and_only_listed():
     assert [path for path, _ in earlier] == ["a8.json"]
     point = merged_point([budget for _, budget in latest], [path for path, _ in latest])
     section = retrained_section(GRID, point)
-    rows = candidate_rows(GRID, "grid.json", (point, section, "a16.json"), earlier)
+    rows = candidate_rows(GRID, "grid.json", (point, section), earlier)
     third = [row for row in rows if row["stage"] == 3]
     from_8m = [row for row in third if row["source"] == "a8.json"]
     assert len(from_8m) == 3 and not any(row["selected"] for row in from_8m)
